@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo test bench sft-format-check clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -33,6 +33,10 @@ test: setup
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Train the tiny model on 1,200 expert trajectories, then eval it on held-out tasks (~25 min on 2 cores).
+sft-format-check: setup
+	$(PY) benchmarks/sft_format_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

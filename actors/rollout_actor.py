@@ -27,7 +27,7 @@ class _PoolEpisode:
     def __init__(self, pool, images: list[str]):
         self.pool = pool
         self.id = pool.start_episode(images)
-        self.images = None  # staged paths live on the sandbox actor; the loop shows the given paths
+        self.images = None  # staged paths live on the sandbox actor; the prompt shows the given paths anyway
 
     def run(self, code: str):
         from envs.sandbox import RunResult

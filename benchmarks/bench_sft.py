@@ -1,17 +1,13 @@
 """SFT throughput and padding waste on this machine (CPU: the tiny model, one learner, fp32).
 
     .venv/bin/python benchmarks/bench_sft.py [--steps 6] [--rows N] [--data sft.jsonl]
-    .venv/bin/python benchmarks/bench_sft.py --format-eval [--train-tasks 240 --epochs 15]
 
 Measures, in one run:
 - padding waste of the length-grouped batch plan vs. random micro batches, over the encoded data
   (target: grouped <= 10%), with the ratio between them;
 - training tokens/s (real tokens, padding excluded) of one DeepSpeed learner (ZeRO-2, fp32, gloo) on
   the tiny Qwen2.5-VL, steps after the first (warm-up) one, with grouped vs. random batches.
-With --format-eval instead: after SFT, does the tiny model write well-formed trajectories with code
-that runs? Generates train and held-out eval task sets (envs.tasks, real sandbox), trains the tiny
-model with launch.train, runs launch.eval (greedy, full agent loop, real sandbox) on the held-out
-tasks and prints the share of well-formed responses, code use, code that ran, and accuracy.
+(Whether the trained tiny model then writes well-formed trajectories: benchmarks/sft_format_check.py.)
 Data: the given SFT rows, else a generated task set with expert trajectories (built once under
 .cache/bench_sft_data by envs.tasks; needs the sandbox), else hand-built rows.
 """
@@ -72,49 +68,6 @@ def train_tokens_per_s(learner, examples, plan, pad_id, image_pad_id, steps):
     return sum(rates[1:]) / max(1, len(rates) - 1)  # the first step pays one-off allocation costs
 
 
-def well_formed(response: str) -> bool:
-    """Tags balanced and ordered as the SFT data has them, and an answer at the end."""
-    from envs.data import check_response
-    from envs.protocol import extract_answer
-
-    return check_response(response) is None and extract_answer(response) is not None
-
-
-def format_eval(args) -> None:
-    import json
-
-    work = Path(args.work_dir)
-    train, held_out = work / "train_tasks", work / "eval_tasks"
-    steps = [
-        ([sys.executable, "-m", "envs.tasks", "generate", "--category", "all", "--n", str(args.train_tasks), "--seed", "11",
-          "--split", "train", "--out", str(train), "--trajectories", "--workers", "2"], train / "sft.jsonl"),
-        ([sys.executable, "-m", "envs.tasks", "generate", "--category", "all", "--n", str(args.eval_tasks), "--seed", "999",
-          "--split", "eval", "--out", str(held_out)], held_out / "tasks.jsonl"),
-        ([sys.executable, "-m", "launch.train", "stage=sft_small", f"output_dir={work / 'train'}",
-          f"model.tiny_dir={work / 'tiny_model'}", f"data.sft_path={train / 'sft.jsonl'}", "data.math_categories=[]",
-          f"stage.epochs={args.epochs}", "stage.global_batch=16", "stage.micro_batch=4", "stage.lr=3e-3",
-          "stage.warmup_ratio=0.03", "logging=disabled", "logging.every_steps=10"], work / "train" / "train_result.json"),
-    ]
-    for cmd, product in steps:
-        if not product.exists():
-            print("running:", " ".join(cmd), flush=True)
-            subprocess.run(cmd, cwd=REPO, check=True)
-    result = json.loads((work / "train" / "train_result.json").read_text())[-1]
-    eval_out = work / "eval"
-    cmd = [sys.executable, "-m", "launch.eval", "--model", result["hf_dir"], "--tasks", str(held_out), "--out", str(eval_out)]
-    print("running:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
-    rows = [json.loads(line) for line in (eval_out / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    n = len(rows)
-    formed = sum(well_formed(r["response"]) for r in rows)
-    with_code = [r for r in rows if r["code_blocks"] > 0]
-    runs = sum(r["code_blocks"] for r in rows)
-    ran = sum(r["code_successes"] for r in rows)
-    print(f"after SFT ({result['steps']} steps, loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}) on "
-          f"{n} held-out tasks: well-formed {formed / n:.1%}, wrote code {len(with_code) / n:.1%}, "
-          f"code that ran {ran}/{runs} = {ran / max(1, runs):.1%}, accuracy {sum(r['correct'] for r in rows) / n:.1%}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6)
@@ -122,15 +75,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="SFT rows (JSONL/Parquet) to benchmark on")
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument("--format-eval", action="store_true", help="train, then check trajectories on held-out tasks")
-    parser.add_argument("--train-tasks", type=int, default=240)
-    parser.add_argument("--eval-tasks", type=int, default=36)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--work-dir", default=str(REPO / ".cache" / "bench_sft_format"))
     args = parser.parse_args()
-    if args.format_eval:
-        format_eval(args)
-        return
 
     from learners.batching import BatchGeometry, LengthFilter, padding_waste, plan_epoch
     from learners.learner import Learner, LearnerSettings

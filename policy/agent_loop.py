@@ -291,9 +291,10 @@ class AgentLoop:
         originals = [inputs_seen[p][0] for p in spec.image_paths]
         ep.images = [inputs_seen[p][1] for p in spec.image_paths]
         ep.image_paths = list(spec.image_paths)
-        # The sandbox's staged copy is where the code can read the image: show the model that path.
-        staged = getattr(ep.sandbox_episode, "images", None) or spec.image_paths
-        user = self.prompt.user_text(spec.question, staged[0], originals[0].width, originals[0].height)
+        # Show the caller's path, exactly as SFT rows (ours and the released Thyme data) show it: the
+        # sandbox aliases that path to its staged copy for cv2.imread / Image.open. Showing the staged
+        # path instead (a random temp folder) is a prompt the model never saw in training.
+        user = self.prompt.user_text(spec.question, spec.image_paths[0], originals[0].width, originals[0].height)
         ep.append("prompt", self.processor.chat_prompt_ids(self.prompt.system, user, ep.images))
         if spec.assistant_prefix:
             ep.append("prefix", self._plain_ids(spec.assistant_prefix))

@@ -98,13 +98,54 @@ _CODE_SNIPPETS = [
 ]
 
 
+EXPERTS_DIR = Path(__file__).resolve().parents[1] / "envs" / "tasks" / "experts"
+
+
+def expert_phrases() -> list[str]:
+    """Every string literal (and literal part of an f-string) in the task experts' source: the wording
+    and code idioms of the trajectories the tiny model trains on. A real tokenizer has seen such English
+    and OpenCV/PIL code countless times and gives `IMREAD_GRAYSCALE` or `downscaled` a few tokens; ours
+    would spell them letter by letter, making sequences twice as long and far harder for a 2M model."""
+    import ast
+
+    phrases = []
+    for path in sorted(EXPERTS_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) > 2:
+                phrases.append(node.value)
+    return phrases
+
+
+def expert_code(rng: random.Random) -> str:
+    """One snippet as the experts write it (envs/tasks/experts/snippets.py), with random numbers."""
+    from envs.tasks.experts import snippets
+
+    n = lambda: rng.randint(0, 3000)  # noqa: E731
+    out = f"/mnt/data/temp_processed_images/{rng.randint(0, 999999):06d}_{rng.choice(['zoom', 'upright', 'enhanced'])}.png"
+    load = rng.choice(["", f'image_path = "/data/images/{rng.randint(0, 99999)}.jpg"\n'])
+    zoom, factor = rng.choice([0.5, 1, 2, 3, 4]), round(rng.uniform(2, 6), 1)
+    return rng.choice([
+        lambda: snippets.crop_cv2((n(), n(), n(), n()), zoom, out, load=load),
+        lambda: snippets.crop_pil((n(), n(), n(), n()), zoom, out, load=load),
+        lambda: snippets.rotate_right_angle_cv2(rng.choice([90, 180, 270]), out, load=load),
+        lambda: snippets.rotate_pil(rng.randint(-175, 175), out, load=load),
+        lambda: snippets.rotate_cv2_affine(rng.randint(-175, 175), out, load=load),
+        lambda: snippets.contrast_pil(factor, out, load=load),
+        lambda: snippets.contrast_cv2(factor, out, load=load),
+        lambda: snippets.contrast_numpy(factor, out, load=load),
+    ])()
+
+
 def build_corpus(samples: int, seed: int) -> list[str]:
-    """Deterministic training text for the tokenizer: prompts, trajectories with tags, code, numbers."""
+    """Deterministic training text for the tokenizer: prompts, trajectories with tags, code, numbers,
+    and the experts' own wording and code (so their words and idioms become tokens)."""
     from policy.prompts import load_prompt_config
 
     rng = random.Random(seed)
     prompt = load_prompt_config()
     texts = [prompt.system, " ".join(_WORDS), " ".join(str(i) for i in range(2049))]
+    texts += expert_phrases() * 5
+    texts += [expert_code(rng) for _ in range(samples // 2)]
     for _ in range(samples):
         nums = {k: rng.randint(0, 2048) for k in "abcd"}
         fill = dict(w=rng.choice(_WORDS), o=rng.choice(_WORDS), s=rng.choice(_WORDS), e=round(rng.uniform(1.2, 3), 1), **nums)
@@ -203,6 +244,8 @@ def fingerprint(cfg: TinyModelConfig | None = None) -> str:
     from policy.prompts import PROMPT_CONF_DIR
 
     digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in sorted(EXPERTS_DIR.glob("*.py")):  # the tokenizer corpus quotes the experts
+        digest.update(path.read_bytes())
     digest.update((PROMPT_CONF_DIR / "thyme.yaml").read_bytes())
     digest.update(repr(asdict(cfg or TinyModelConfig())).encode())
     return digest.hexdigest()[:12]

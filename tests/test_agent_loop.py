@@ -275,3 +275,23 @@ def test_image_reply_tokens_match_what_sft_trains_on(engine, sandbox, image_path
     sft_ids = encode_sample(prompt_text("S", "<image>\nQ"), response, engine.tokenizer, counts, MaskRules()).input_ids
     windows = {tuple(sft_ids[i:i + len(rollout_reply)]) for i in range(len(sft_ids) - len(rollout_reply) + 1)}
     assert tuple(rollout_reply) in windows, decode(engine, rollout_reply)
+
+
+def test_prompt_is_the_one_sft_trains_on(engine, sandbox, image_path):
+    """Train/rollout parity of the whole prompt: the loop shows the task's own image path (as the SFT
+    rows of envs.tasks and the released data do), not the sandbox's staged copy in a temp folder, and
+    code that reads that path works."""
+    from envs.data.thyme_prompt import load_prompt_texts
+    from learners.sft_data import prompt_text
+    from learners.sft_masking import MaskRules, encode_sample
+
+    read = f"import cv2\nprint(cv2.imread({image_path!r}).shape)"
+    [rec], _ = run(engine, sandbox, [EpisodeInput("What colour is it?", [image_path], assistant_prefix=code_prefix(read))])
+    texts = load_prompt_texts()
+    question = texts.sft_question("What colour is it?", image_path, 300, 200)
+    counts = [engine.processor.num_image_tokens(rec.images[0])]
+    sft = encode_sample(prompt_text(texts.system, question), "<answer>red</answer>", engine.tokenizer, counts, MaskRules())
+    n = next(i for i, label in enumerate(sft.labels) if label != -100)  # SFT's prompt ends where training starts
+    assert rec.token_ids[:n] == sft.input_ids[:n], decode(engine, rec.token_ids[:n])[-300:]
+    assert image_path in decode(engine, rec.token_ids[:n])
+    assert rec.code_successes == 1 and "(200, 300, 3)" in rec.code_runs[0].stdout

@@ -90,6 +90,10 @@ class TaskGenConfig:
     model_input_pixels: int = 1280 * 28 * 28
     illegible_font_px: float = 8.0
     legible_font_px: float = 20.0          # font size (after zoom) an expert accepts as clearly readable
+    # Share of expert code that first writes `image_path = "<the prompt's path>"` instead of using the
+    # sandbox's preset `image_path`. Copying a path is learnt only from many different folders; a
+    # generated set has one, so a high share mostly teaches a small model to recite training paths.
+    literal_path_share: float = 0.25
     small_object: SmallObjectConfig = field(default_factory=SmallObjectConfig)
     rotation: RotationConfig = field(default_factory=RotationConfig)
     low_contrast: LowContrastConfig = field(default_factory=LowContrastConfig)
@@ -127,6 +131,8 @@ def validate(config: TaskGenConfig) -> TaskGenConfig:
         problems.append("rotation needs 0 < arbitrary_angle_min < arbitrary_angle_max < 360")
     if not 1 <= config.computation.items_easy <= config.computation.items_hard <= len(_ITEM_NAMES_LIMIT):
         problems.append(f"computation items must satisfy 1 <= items_easy <= items_hard <= {len(_ITEM_NAMES_LIMIT)}")
+    if not 0 <= config.literal_path_share <= 1:
+        problems.append(f"literal_path_share must be in [0, 1], got {config.literal_path_share}")
     if config.model_input_pixels <= 0 or config.illegible_font_px <= 0 or config.legible_font_px <= config.illegible_font_px:
         problems.append("need model_input_pixels > 0 and 0 < illegible_font_px < legible_font_px")
     if problems:

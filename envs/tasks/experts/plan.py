@@ -55,6 +55,7 @@ class ExpertContext:
     task: Task
     rng: np.random.Generator
     legible_font_px: float
+    literal_path_share: float = 0.25
 
     @property
     def task_dir(self) -> Path:
@@ -73,12 +74,13 @@ class ExpertContext:
         return options[int(self.rng.integers(0, len(options)))]
 
     def output_path(self, suffix: str) -> str:
-        """Where the code saves an image: the released models' folder (the sandbox maps it)."""
-        stem = Path(self.task.image_paths[0]).stem.split("-")[-1]
-        return f"{REFERENCE_OUTPUT_DIR}{stem}_{suffix}.png"
+        """Where the code saves an image: the released models' folder (the sandbox maps it into the
+        episode's own folder, so a plain name like `zoom.png` never collides with another episode's).
+        No task id in the name: it would be a number the model cannot know and must invent."""
+        return f"{REFERENCE_OUTPUT_DIR}{suffix}.png"
 
     def load_line(self) -> str:
         """How the code refers to the input: the preset variable, or the path copied from the prompt."""
-        if self.rng.random() < 0.5:
+        if self.rng.random() >= self.literal_path_share:
             return ""
         return f'image_path = "{self.task.image_paths[0]}"\n'
