@@ -186,3 +186,5 @@ def test_config_loading_validates_and_rejects_unknown_keys(tmp_path):
         load_config(None, ["small_object.max_area_fraction=0.2"])
     with pytest.raises(ValueError, match="nope"):
         load_config(None, ["rotation.nope=1"])
+    with pytest.raises(ValueError, match="literal_path_share"):
+        load_config(None, ["literal_path_share=1.5"])

@@ -127,3 +127,16 @@ def test_filters_drop_failing_executions_wrong_evidence_and_wrong_answers(genera
         values["price"][0] += 1000
     result = run_expert(task, sandbox, produced_dir=tmp_path, prompt=prompt)
     assert result.row is None and result.dropped_by == "answer", result.reason
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_literal_path_share_decides_how_the_code_finds_the_image(generated, sandbox, tmp_path, share):
+    from envs.tasks.config import TaskGenConfig
+
+    task = _task(generated, "low_contrast")
+    result = run_expert(task, sandbox, produced_dir=tmp_path, prompt=load_prompt_texts(),
+                        config=TaskGenConfig(literal_path_share=share))
+    assert result.row is not None, result.reason
+    assert (f'image_path = "{task.image_paths[0]}"' in result.row.response) == (share == 1.0)
+    # a plain output name: nothing in it the model would have to invent
+    assert '"/mnt/data/temp_processed_images/enhanced.png"' in result.row.response
