@@ -50,7 +50,9 @@ def test_logprobs_match_a_separate_forward_pass(engine, prompts):
     settings = SamplingSettings(temperature=0.7, top_k=20, max_new_tokens=24, seed=5, repetition_stop=NO_LOOP_STOP)
     requests = [GenerationRequest(ids, images, settings) for ids, images in prompts]
     for (ids, images), result in zip(prompts, engine.generate(requests)):
-        assert len(result.token_ids) == 24 and result.finish_reason == "length"
+        # a random model may sample its end-of-turn token early; otherwise it runs to the length limit
+        assert (len(result.token_ids), result.finish_reason) == (24, "length") or (
+            result.finish_reason == "eos" and result.token_ids[-1] in engine.eos_ids)
         expected = forward_logprobs(engine, ids, images, result.token_ids)
         assert torch.allclose(torch.tensor(result.logprobs), expected, atol=2e-4), (result.logprobs[:4], expected[:4])
 
