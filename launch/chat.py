@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         [record] = loop.run([episode])
     colour = sys.stdout.isatty() and not args.no_colour
     print(format_transcript(record, engine.tokenizer, colour=colour))
-    return 0 if record.error is None else 1
+    # Exit 1 only when the conversation could not start (input, sandbox); an episode the model itself
+    # ended badly (e.g. by writing image placeholder tokens) is a finished chat whose transcript says why.
+    return 1 if record.error is not None and record.model_tokens == 0 else 0
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     banner("4/4 chat", "one conversation with the trained model, transcript and produced images")
     run(["-m", "launch.chat", "--model", str(model), "--image", str(out / "demo_input.jpg"), "--out",
-         str(out / "chat"), "What is the code written on the small note?"])
+         str(out / "chat"), "--seed", "0", "What is the code written on the small note?"])
 
     print(f"\n[demo] finished in {time.perf_counter() - started:.0f} s; everything is under {out}")
     return 0

@@ -50,6 +50,10 @@ def test_chat_prints_the_transcript_and_saves_images(tiny_model_dir, image_path,
     assert f"image: {saved}" in printed and Image.open(saved).size == (50, 50)
     with pytest.raises(SystemExit, match="no such file"):
         main(["--model", str(tiny_model_dir), "--image", str(scratch_dir / "missing.png"), "q"])
+    # a chat that cannot start (more input images than the episode may hold) fails the command
+    assert main(["--model", str(tiny_model_dir), "--image", image_path, "--image", image_path,
+                 "--set", "max_images_per_episode=1", "q"]) == 1
+    assert "max_images_per_episode" in capsys.readouterr().out
 
 
 def test_eval_writes_table_summary_and_predictions(tiny_model_dir, task_dir, scratch_dir, capsys):
