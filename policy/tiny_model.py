@@ -105,7 +105,7 @@ def expert_phrases() -> list[str]:
     """Every string literal (and literal part of an f-string) in the task experts' source: the wording
     and code idioms of the trajectories the tiny model trains on. A real tokenizer has seen such English
     and OpenCV/PIL code countless times and gives `IMREAD_GRAYSCALE` or `downscaled` a few tokens; ours
-    would spell them letter by letter, making sequences twice as long and far harder for a 2M model."""
+    would spell them letter by letter: expert responses came out 1.4x as long, and harder for a 2M model."""
     import ast
 
     phrases = []
