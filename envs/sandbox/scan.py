@@ -27,6 +27,7 @@ from typing import Sequence
 
 from envs.protocol import REFERENCE_OUTPUT_DIR
 from envs.sandbox.repair import MODEL_CODE_FILENAME
+from envs.sandbox.repair_edits import dotted
 
 _log = logging.getLogger(__name__)
 
@@ -228,13 +229,10 @@ class _Scanner:
 
     def _qualify(self, node: ast.AST) -> str | None:
         """`os.path.join` for a chain whose base is an import or an unshadowed module/builtin name."""
-        parts = []
-        while isinstance(node, ast.Attribute):
-            parts.append(node.attr)
-            node = node.value
-        if not isinstance(node, ast.Name):
+        name = dotted(node)
+        if name is None:
             return None
-        base = node.id
+        base, _, rest = name.partition(".")
         if base in self.aliases:
             base = self.aliases[base]
         elif base in self.variables or base in _MODULES:
@@ -245,7 +243,7 @@ class _Scanner:
             base = f"builtins.{base}"
         elif base == "__builtins__":
             base = "builtins.__builtins__"
-        return ".".join([base, *reversed(parts)])
+        return f"{base}.{rest}" if rest else base
 
     # -- checks --------------------------------------------------------------------------------
 
