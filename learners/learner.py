@@ -18,6 +18,7 @@ import torch
 
 from learners.losses import LOSSES, next_token_logprobs
 from learners.lr_schedule import warmup_cosine
+from learners.rendezvous import init_process_group
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
@@ -90,6 +91,8 @@ class Learner:
         return ray.util.get_node_ip_address(), port
 
     def setup(self, master_addr: str, master_port: int) -> dict:
+        if not torch.cuda.is_available():  # said, not guessed: no "unable to detect your GPU" warning per learner
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
         from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -104,7 +107,10 @@ class Learner:
         on_gpu = torch.cuda.is_available()
         if on_gpu:
             torch.cuda.set_device(self.local_rank)
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        backend = "nccl" if on_gpu else "gloo"
+        # Our rendezvous listens on master_addr only (torch's env:// one listens on every interface).
+        init_process_group(backend, master_addr, master_port, self.rank, self.world_size)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
         self._seed_everything(self.s.seed + self.rank)
 
         use_bf16 = self.s.precision == "bf16" or (self.s.precision == "auto" and on_gpu)
