@@ -45,10 +45,11 @@ def check_train(overrides: list[str]) -> list[str]:
 
     if not any(o.split("=", 1)[0].lstrip("+") == "cluster" for o in overrides):
         overrides = ["cluster=ray_cluster", *overrides]
-    precheck(overrides)
+    precheck(overrides, check_paths=False)  # data and model paths are the cluster's, not this machine's
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         for job in job_overrides([o for o in overrides if not o.startswith("-")]):
-            for config in (typed(c) for c in compose_stages(compose(config_name="config", overrides=job), job)):
+            stages = compose_stages(compose(config_name="config", overrides=job), job)
+            for config in (typed(c, check_paths=False) for c in stages):
                 if not Path(config.output_dir).is_absolute():
                     raise ConfigError(
                         f"output_dir={config.output_dir} is relative: on the cluster it would land in the job's "

@@ -1,20 +1,20 @@
-"""Train the policy with SFT: `python -m launch.train [stage=NAME | pipeline=[A,B]] [overrides...]`.
+"""Train the policy: `python -m launch.train [stage=NAME | pipeline=[A,B,...]] [overrides...]`.
 
+SFT stages run learners/sft_trainer.py, GRPO stages learners/grpo_trainer.py (stage.trainer).
 Order of work: check the command line (typos get "did you mean"; every job of a sweep is validated
 first); compose and validate every stage's config (bad configs are refused here, before Ray starts);
 join the cluster when there is one (cluster.address, or a `ray job`'s RAY_ADDRESS) and size the
-learners from it, else from this machine; refuse to resume a stage folder with other training
-settings (learners/run_identity.py); build the tiny model / task set on the fly when no path is
-given; load and encode each stage's data; start the local Ray (127.0.0.1 only, launch/ray_session.py);
-run the stages in order, each one starting from the previous one's final checkpoint when its
-`init_from` says `previous`.
+learners from it, else from this machine; check the actors fit; refuse to resume a stage folder with
+other training settings (learners/run_identity.py); build the tiny model / task sets on the fly when
+no path is given; load and encode each stage's data (launch/stage_inputs.py); start the local Ray
+(127.0.0.1 only, launch/ray_session.py); run the stages in order, each one starting from the
+previous one's final checkpoint when its `init_from` says `previous`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -23,12 +23,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from learners.train_config import ConfigError, TrainConfig, from_dict, size_cluster, validate_data_size
+from launch.stage_inputs import REPO_ROOT, ensure_model, prepare_stage
+from learners.train_config import ConfigError, TrainConfig, from_dict, size_cluster, validate_resources
 
 log = logging.getLogger("launch.train")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
-SFT_FILE = "sft.jsonl"
 
 
 # ---- configs ------------------------------------------------------------------------------------
@@ -48,12 +47,18 @@ def compose_stages(cfg: DictConfig, overrides: list[str]) -> list[DictConfig]:
     return [compose(config_name="config", overrides=stage_overrides(overrides, name)) for name in cfg.pipeline]
 
 
-def typed(cfg: DictConfig) -> TrainConfig:
+def typed(cfg: DictConfig, check_paths: bool = True) -> TrainConfig:
+    """The typed, validated config (check_paths=False: paths that live on a cluster, not here)."""
     try:
         values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:  # a ??? left in a config group, e.g. model=qwen2_5_vl_7b without model.path
         raise ConfigError(f"{exc}; set it on the command line (e.g. model.path=/models/Qwen2.5-VL-7B-Instruct)") from exc
-    return from_dict(values)
+    return from_dict(values, check_paths=check_paths)
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The whole composed config (every group) as plain values: what a stage folder records."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
 def check_pipeline(configs: list[TrainConfig]) -> None:
@@ -80,6 +85,23 @@ def available_resources(config: TrainConfig) -> tuple[int, int]:
     return gpus, c.num_cpus or os.cpu_count() or 1
 
 
+def check_fits(config: TrainConfig, stage_cfg: DictConfig, gpus: int, cpus: int, joined: bool = False) -> int:
+    """Refuse a stage its cluster cannot hold; returns the logical CPUs it asks for."""
+    if config.stage.trainer != "grpo":
+        validate_resources(config, gpus, cpus)
+        return config.cluster.num_learners * config.cluster.cpus_per_learner
+    from learners.grpo_config import check_plan_fits, grpo_settings, rl_placement
+
+    settings = grpo_settings(config.stage.grpo, config.stage.global_batch, config.stage.micro_batch,
+                             config.cluster.num_learners)
+    judge = OmegaConf.to_container(stage_cfg.get("judge") or {}, resolve=True)
+    judge_gpus = int((judge.get("vllm") or {}).get("gpus", 0)) if judge.get("backend") == "vllm" else 0
+    plan = rl_placement(config.cluster, settings.kl_beta, judge_gpus)
+    # A local Ray is started with as many logical CPUs as the plan asks: only GPUs are real limits there.
+    check_plan_fits(plan, gpus, cpus if joined else max(cpus, plan.cpus))
+    return plan.cpus
+
+
 def check_cluster_paths(config: TrainConfig, address: str) -> None:
     """On a cluster every path is written by one node and read by others: it must be absolute and shared."""
     if not Path(config.output_dir).is_absolute():
@@ -94,79 +116,11 @@ def check_cluster_paths(config: TrainConfig, address: str) -> None:
             setattr(section, key, str(Path(config.output_dir) / Path(getattr(section, key)).name))
 
 
-# ---- model and data -----------------------------------------------------------------------------
-def ensure_model(config: TrainConfig) -> str:
-    if config.model.path:
-        return config.model.path
-    from policy.tiny_model import make_tiny_model
-
-    target = Path(config.model.tiny_dir)
-    if not (target / "config.json").is_file():
-        log.info("model.path is unset: building the tiny Qwen2.5-VL into %s", target)
-        make_tiny_model(target)
-    return str(target)
-
-
-def ensure_generated_data(config: TrainConfig) -> Path:
-    """The generated task set's SFT rows (generate_dir/sft.jsonl), made once with envs.tasks."""
-    d = config.data
-    out = Path(d.generate_dir)
-    if not (out / SFT_FILE).is_file():
-        n = d.generate_per_category * 6
-        log.info("data paths unset: generating %d tasks with expert trajectories into %s", n, out)
-        cmd = [sys.executable, "-m", "envs.tasks", "generate", "--category", "all", "--n", str(n),
-               "--seed", str(d.generate_seed), "--split", "train", "--out", str(out), "--trajectories"]
-        done = subprocess.run(cmd, cwd=REPO_ROOT)
-        if done.returncode != 0 or not (out / SFT_FILE).is_file():
-            raise RuntimeError(f"generating the SFT task set failed ({' '.join(cmd)} exited {done.returncode}); "
-                               "run it by hand to see why, or set data.sft_path to existing SFT rows")
-    return out / SFT_FILE
-
-
-def stage_rows(config: TrainConfig):
-    """The SFT rows of this stage and where they came from (see conf/data/generated.yaml)."""
-    from envs.data import load_sft_rows
-
-    d, math = config.data, config.stage.data == "math"
-    if math and d.math_path:
-        rows, _counts = load_sft_rows(d.math_path)
-        return rows, d.math_path
-    source = d.sft_path or str(ensure_generated_data(config))
-    rows, _counts = load_sft_rows(source)
-    wanted = [r for r in rows if (r.category in d.math_categories) == math]
-    return wanted, f"{source} ({'only' if math else 'without'} categories {d.math_categories})"
-
-
-def encode_stage(config: TrainConfig, model_path: str, prompt_cfg: dict):
-    from learners.batching import LengthFilter
-    from learners.sft_data import encode_rows
-    from learners.sft_masking import MaskRules
-    from policy.multimodal import PolicyProcessor
-
-    processor = PolicyProcessor.from_pretrained(model_path, max_pixels=config.model.max_pixels)
-    rows, source = stage_rows(config)
-    rules = MaskRules(last_round_only=config.stage.train_rounds == "last")
-    length_filter = LengthFilter(config.data.max_seq_len, config.data.overlong, processor.image_pad_id)
-    examples, report = encode_rows(rows, processor, prompt_cfg.get("system"), rules, length_filter,
-                                   desc=f"encoding {config.stage.name} rows")
-    log.info("%s data from %s: %s", config.stage.name, source, report.summary())
-    validate_data_size(config, len(examples), source)
-    pad_id = processor.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    return examples, pad_id, processor.image_pad_id
-
-
 # ---- run ----------------------------------------------------------------------------------------
-def resolved_config(cfg: DictConfig) -> dict:
-    """The whole composed config (every group) as plain values: what a stage folder records."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-
-
 def run(stage_cfgs: list[DictConfig]) -> list:
     """Validate, prepare and train every stage; returns their StageResults."""
     from launch.ray_session import RaySession
-    from learners.run_identity import UNUSED_BY_SFT, check_resume
+    from learners.run_identity import check_resume, unused_sections
     from learners.wandb_run import keep_files_out_of_home
 
     configs = [typed(c) for c in stage_cfgs]
@@ -178,30 +132,30 @@ def run(stage_cfgs: list[DictConfig]) -> list:
             for config in configs:
                 check_cluster_paths(config, session.address)
             session.start()
-        for config, values in zip(configs, resolved):
-            size_cluster(config, *available_resources(config))
+        cpus_needed = 0
+        for config, stage_cfg, values in zip(configs, stage_cfgs, resolved):
+            gpus, cpus = available_resources(config)
+            size_cluster(config, gpus, cpus)
             values["cluster"].update(num_learners=config.cluster.num_learners,
                                      gpus_per_learner=config.cluster.gpus_per_learner)
-            check_resume(config.stage_dir, values, config.checkpoint.resume, ignore=UNUSED_BY_SFT)
+            cpus_needed = max(cpus_needed, check_fits(config, stage_cfg, gpus, cpus, session.joined))
+            check_resume(config.stage_dir, values, config.checkpoint.resume, ignore=unused_sections(config.stage.trainer))
         keep_files_out_of_home()
         base_model = ensure_model(configs[0])
-        prepared = [encode_stage(c, base_model, OmegaConf.to_container(s.get("prompt") or {}, resolve=True))
-                    for c, s in zip(configs, stage_cfgs)]
-
-        from learners.sft_trainer import SFTTrainer
-
-        c = configs[0].cluster
+        prepared = [prepare_stage(c, s, base_model) for c, s in zip(configs, stage_cfgs)]
         gpus, cpus = available_resources(configs[0])
-        # Logical CPUs: at least one per learner plus the driver, even on a 2-core laptop.
-        session.start(num_cpus=max(cpus, c.num_learners * c.cpus_per_learner + 1), num_gpus=gpus)
+        # Logical CPUs: at least one per actor plus the driver, even on a 2-core laptop.
+        session.start(num_cpus=max(cpus, cpus_needed + 1), num_gpus=gpus)
         results = []
-        for config, values, (examples, pad_id, image_pad_id) in zip(configs, resolved, prepared):
+        for config, values, inputs in zip(configs, resolved, prepared):
             model_path = results[-1].hf_dir if config.stage.init_from == "previous" and results else \
                 (config.model.path or base_model)
-            log.info("stage %s starts from %s (%d samples)", config.stage.name, model_path, len(examples))
-            result = SFTTrainer(config, model_path, examples, pad_id, image_pad_id, resolved=values).run()
+            log.info("stage %s starts from %s (%s)", config.stage.name, model_path, inputs.describe())
+            trainer = inputs.trainer(config, model_path)
+            trainer.resolved = values  # the full config the stage folder records (learners/run_identity.py)
+            result = trainer.run()
             results.append(result)
-            log.info("stage %s done: %d steps, loss %.4f -> %.4f, model at %s", result.stage, result.steps,
+            log.info("stage %s done: %d steps, %s %.4f -> %.4f, model at %s", result.stage, result.steps, result.metric,
                      result.first_loss or float("nan"), result.last_loss or float("nan"), result.hf_dir)
     finally:
         session.stop()
@@ -233,10 +187,10 @@ def main(cfg: DictConfig) -> None:
             return record_failure(job_dir, exc)
         raise
     for r in results:
-        print(f"{r.stage}: {r.steps} steps, loss {r.first_loss:.4f} -> {r.last_loss:.4f}; model: {r.hf_dir}")
+        print(f"{r.stage}: {r.steps} steps, {r.metric} {r.first_loss:.4f} -> {r.last_loss:.4f}; model: {r.hf_dir}")
 
 
-def precheck(args: list[str]) -> None:
+def precheck(args: list[str], check_paths: bool = True) -> None:
     """Before Hydra: typos answered with "did you mean", and every job of a sweep validated up front."""
     from hydra import compose, initialize_config_dir
 
@@ -251,7 +205,8 @@ def precheck(args: list[str]) -> None:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             for job in jobs:
                 try:
-                    check_pipeline([typed(c) for c in compose_stages(compose(config_name="config", overrides=job), job)])
+                    stages = compose_stages(compose(config_name="config", overrides=job), job)
+                    check_pipeline([typed(c, check_paths) for c in stages])
                 except ConfigError as exc:
                     raise ConfigError(f"sweep job {' '.join(job)}: {exc}") from None
 

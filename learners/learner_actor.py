@@ -7,10 +7,14 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from learners.deepspeed_ops import ensure_cpu_comm_op
+from learners.grpo_learner import GRPOLearner
 from learners.learner import Learner
+from learners.reference import ReferenceWorker
 from learners.spinner import spinner
 
 LearnerActor = ray.remote(Learner)
+GRPOLearnerActor = ray.remote(GRPOLearner)
+ReferenceActor = ray.remote(ReferenceWorker)
 
 
 class LearnerGroup:
@@ -21,7 +25,7 @@ class LearnerGroup:
     """
 
     def __init__(self, num_learners: int, gpus_per_learner: int, cpus_per_learner: int, settings: dict,
-                 strategy: str = "PACK", ready_timeout_s: float = 600):
+                 strategy: str = "PACK", ready_timeout_s: float = 600, actor_class=LearnerActor):
         if not gpus_per_learner:
             ensure_cpu_comm_op()  # a message and a spinner instead of minutes of silence on a first run
         bundles = [{"CPU": cpus_per_learner, **({"GPU": gpus_per_learner} if gpus_per_learner else {})}
@@ -35,7 +39,7 @@ class LearnerGroup:
         self.actors = []
         for rank in range(num_learners):
             strategy_for_rank = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=rank)
-            actor = LearnerActor.options(num_cpus=cpus_per_learner, num_gpus=gpus_per_learner,
+            actor = actor_class.options(num_cpus=cpus_per_learner, num_gpus=gpus_per_learner,
                                          scheduling_strategy=strategy_for_rank).remote(
                 rank, num_learners, self._local_rank(rank, gpus_per_learner), settings)
             self.actors.append(actor)
@@ -57,7 +61,10 @@ class LearnerGroup:
 
     def call_all(self, method: str, *args, **kwargs) -> list:
         """Call `method` with the same arguments on every rank."""
-        return ray.get([getattr(actor, method).remote(*args, **kwargs) for actor in self.actors])
+        return ray.get(self.call_all_async(method, *args, **kwargs))
+
+    def call_all_async(self, method: str, *args, **kwargs) -> list:
+        return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
 
     def shutdown(self) -> None:
         try:

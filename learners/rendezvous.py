@@ -22,7 +22,7 @@ def is_loopback(address: str) -> bool:
         return address == "localhost"
 
 
-def init_process_group(backend: str, master_addr: str, master_port: int, rank: int, world_size: int,
+def start_process_group(backend: str, master_addr: str, master_port: int, rank: int, world_size: int,
                        timeout_s: float = 1800) -> None:
     """torch.distributed.init_process_group over a TCPStore bound to MASTER_ADDR (DeepSpeed then reuses it)."""
     import torch.distributed as dist

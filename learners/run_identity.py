@@ -33,8 +33,16 @@ OPERATIONAL = (
     "eval",
 )
 # Sections a trainer does not read at all: SFT does not run rollouts or the judge, and the sandbox
-# only made its data (which the fingerprint covers).
-UNUSED_BY_SFT = ("rollout", "judge", "sandbox")
+# only made its data (which the fingerprint covers); GRPO does not read the SFT data settings.
+UNUSED_BY_SFT = ("rollout", "judge", "sandbox", "reward", "data.rl_path", "data.rl_generate_per_category",
+                 "data.rl_generate_seed", "data.rl_categories", "data.rl_generate_dir")
+UNUSED_BY_GRPO = ("data.sft_path", "data.math_path", "data.generate_per_category", "data.generate_seed",
+                  "data.math_categories", "data.group_window", "data.rl_generate_dir")
+
+
+def unused_sections(trainer: str) -> tuple[str, ...]:
+    """The settings a trainer (stage.trainer: sft | grpo) does not read, so changing them is no new run."""
+    return UNUSED_BY_GRPO if trainer == "grpo" else UNUSED_BY_SFT
 
 
 @dataclass
@@ -84,6 +92,14 @@ def data_fingerprint(examples: list[dict]) -> str:
             ids = example.get(key, ())
             digest.update(array("q", ids.tolist() if hasattr(ids, "tolist") else ids).tobytes())
             digest.update(b"|")
+    return digest.hexdigest()
+
+
+def prompts_fingerprint(prompts: list[dict]) -> str:
+    """A short hash of a GRPO stage's prompts (every field, in order)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for prompt in prompts:
+        digest.update(json.dumps(prompt, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 

@@ -31,6 +31,11 @@ class DataConfig:
     max_seq_len: int = 2048
     overlong: str = "truncate"  # truncate | skip
     group_window: int = 8  # global batches sorted together by length (1 = no grouping across batches)
+    rl_path: str | None = None  # RL rows (released Thyme RL format or envs.tasks' rl.jsonl) for GRPO stages
+    rl_generate_dir: str = "outputs/rl_data"  # where RL tasks are generated when rl_path is None
+    rl_generate_per_category: int = 8
+    rl_generate_seed: int = 1
+    rl_categories: list[str] | None = None  # generated RL tasks: these categories (None: all)
 
 
 @dataclass
@@ -53,6 +58,8 @@ class StageConfig:
     zero_stage: int = 2
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp32
     loss: str = "sft"  # a name in learners.losses.LOSSES
+    trainer: str = "sft"  # sft (learners/sft_trainer.py) | grpo (learners/grpo_trainer.py)
+    grpo: dict | None = None  # GRPO stages: learners.grpo_config.GRPOSettings fields
 
 
 @dataclass
@@ -64,6 +71,18 @@ class ClusterConfig:
     num_cpus: int | None = None  # local Ray only: logical CPUs (None: detect)
     num_gpus: int | None = None  # local Ray only: GPUs (None: detect)
     placement_strategy: str = "PACK"
+    # GRPO stages place these too (learners/grpo_config.py checks the plan fits before Ray starts).
+    rl_num_learners: int | None = None  # learners of GRPO stages, when they must leave GPUs to engines (None: num_learners)
+    rollout_engines: int = 1  # RolloutActors, each with its own engine (HF or vLLM)
+    gpus_per_engine: int = 0  # GPUs per engine (vLLM: its tensor-parallel size)
+    cpus_per_engine: int = 1
+    reference: str = "colocated"  # where the KL's reference policy lives: colocated (on the learners) | separate
+    reference_workers: int = 1  # separate: reference ranks, each on its own bundle
+    gpus_per_reference: int = 0
+    cpus_per_reference: int = 1
+    sandbox_actors: int = 1  # SandboxActors (each a warm sandbox serving many episodes)
+    cpus_per_sandbox: int = 1
+    reward_cpus: int = 1
 
 
 @dataclass
@@ -121,14 +140,17 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "stage": StageConfig, "cl
              "logging": LoggingConfig, "checkpoint": CheckpointConfig}
 
 
-def from_dict(values: dict[str, Any]) -> TrainConfig:
+def from_dict(values: dict[str, Any], check_paths: bool = True) -> TrainConfig:
     """TrainConfig from a plain dict (e.g. OmegaConf.to_container of the Hydra config), validated.
 
     Sections owned by other parts of the system (sandbox, judge, prompt, rollout, hydra) are ignored here.
+    check_paths=False skips the checks of data and model paths (a job's paths live on the cluster).
     """
     mine = {k: v for k, v in values.items() if k in {f.name for f in fields(TrainConfig)}}
     config = _build(TrainConfig, mine, "")
-    validate(config)
+    if config.stage.trainer == "grpo" and config.cluster.rl_num_learners is not None:
+        config.cluster.num_learners = config.cluster.rl_num_learners
+    validate(config, check_paths)
     return config
 
 
@@ -137,7 +159,7 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: TrainConfig) -> None:
+def validate(config: TrainConfig, check_paths: bool = True) -> None:
     """Checks that need nothing but the config itself (cluster and data checks come separately)."""
     s, c, d = config.stage, config.cluster, config.data
     _check(c.num_learners is None or c.num_learners >= 1,
@@ -154,7 +176,17 @@ def validate(config: TrainConfig) -> None:
     _check(s.zero_stage in (0, 1, 2, 3), f"stage.zero_stage={s.zero_stage}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
     _check(s.precision in ("auto", "bf16", "fp32"), f"stage.precision={s.precision!r}: use auto, bf16 or fp32")
     _check(s.train_rounds in ("last", "all"), f"stage.train_rounds={s.train_rounds!r}: use last (image stage) or all (math annealing)")
-    _check(s.data in ("sft", "math"), f"stage.data={s.data!r}: use sft (image data) or math (computation data)")
+    _check(s.data in ("sft", "math", "rl"), f"stage.data={s.data!r}: use sft (image data), math (computation data) "
+           "or rl (RL prompts, GRPO stages)")
+    _check(s.trainer in ("sft", "grpo"), f"stage.trainer={s.trainer!r}: use sft or grpo")
+    if s.trainer == "grpo":
+        from learners.grpo_config import grpo_settings, validate_rl_cluster
+
+        _check(s.loss == "grpo" and s.data == "rl", f"a GRPO stage trains with stage.loss=grpo on stage.data=rl "
+               f"(got loss={s.loss!r}, data={s.data!r})")
+        if c.num_learners is not None:  # null: checked once sized from the cluster (size_cluster)
+            grpo_settings(s.grpo, s.global_batch, s.micro_batch, c.num_learners)
+        validate_rl_cluster(c)
     _check(s.init_from in ("model", "previous"), f"stage.init_from={s.init_from!r}: use model or previous")
     _check(len(s.adam_betas) == 2, f"stage.adam_betas={s.adam_betas}: need two numbers")
     from learners.losses import LOSSES  # late: keeps the config module free of torch at import
@@ -167,12 +199,14 @@ def validate(config: TrainConfig) -> None:
     _check(config.logging.wandb_mode in ("online", "offline", "disabled"),
            f"logging.wandb_mode={config.logging.wandb_mode!r}: use online, offline or disabled")
     _check(config.checkpoint.keep_last >= 1, f"checkpoint.keep_last={config.checkpoint.keep_last}: keep at least 1")
-    for name, value in (("data.sft_path", d.sft_path), ("data.math_path", d.math_path)):
+    if not check_paths:
+        return
+    for name, value in (("data.sft_path", d.sft_path), ("data.math_path", d.math_path), ("data.rl_path", d.rl_path)):
         if value is not None:
             _check(Path(value).exists(), f"{name}={value} does not exist; point it at an existing JSONL/Parquet "
-                   f"file or folder of SFT rows, or set {name}=null to build a small set on the fly")
+                   f"file or folder of rows, or set {name}=null to build a small set on the fly")
             _check(Path(value).is_dir() or Path(value).suffix in (".jsonl", ".json", ".parquet"),
-                   f"{name}={value} is a {Path(value).suffix or 'suffix-less'} file; SFT rows are .jsonl or "
+                   f"{name}={value} is a {Path(value).suffix or 'suffix-less'} file; training rows are .jsonl or "
                    ".parquet files (or a folder of them) in the released Thyme format")
     if config.model.path is not None:
         from policy.model_dir import model_dir_problem  # late: no torch/transformers needed for this check
@@ -194,8 +228,9 @@ def _check_batch_split(config: TrainConfig) -> None:
 
 def size_cluster(config: TrainConfig, available_gpus: int, available_cpus: int) -> None:
     """Fill in the learner count / GPUs per learner left null from what the machine or cluster has, then
-    check the learners fit (validate_resources). One learner per GPU, at most as many as split the
-    global batch evenly; without GPUs, one CPU learner."""
+    run the checks that needed them (validate). One learner per GPU, at most as many as split the
+    global batch evenly; without GPUs, one CPU learner. Whether everything fits is the caller's check
+    (validate_resources for SFT, the placement plan for GRPO)."""
     c, s = config.cluster, config.stage
     if c.gpus_per_learner is None:
         c.gpus_per_learner = 1 if available_gpus > 0 else 0
@@ -209,8 +244,7 @@ def size_cluster(config: TrainConfig, available_gpus: int, available_cpus: int) 
             c.num_learners = fits[0]
         else:
             c.num_learners = 1
-    _check_batch_split(config)
-    validate_resources(config, available_gpus, available_cpus)
+    validate(config)
 
 
 def validate_resources(config: TrainConfig, available_gpus: int, available_cpus: int) -> None:
