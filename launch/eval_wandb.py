@@ -1,6 +1,7 @@
 """launch.eval's results in W&B: one run per evaluation, in the W&B group of the training run whose
-checkpoint it evaluated, with the per-category table, the headline figures in the summary and a
-table of sample transcripts with the images the model saw (inputs and sandbox outputs).
+checkpoint it evaluated, with the per-category table, the headline figures in the summary, a table
+of sample transcripts with the images the model saw (input and last sandbox output), and those
+images also as media of their own (eval/images/<task id>/input|sandbox) so they are files of the run.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class EvalLogger:
                                       name=eval_run_name(model), job_type="eval", folder=Path(out_dir), config=config)
         self.samples = samples
         self.transcripts: list[tuple] = []
+        self.images: dict = {}
 
     def add(self, row: dict, record, tokenizer, num_inputs: int) -> None:
         """Keep one episode's transcript and images (record.images: the inputs, then what the sandbox returned)."""
@@ -55,6 +57,12 @@ class EvalLogger:
 
         first_input = record.images[0] if record.images else None
         last_output = record.images[-1] if len(record.images) > num_inputs else None
+        # Each image also under its own key: files in the run folder (offline too), one media panel each.
+        caption = f"{row['category']}: {row['question'][:80]} -> {row['answer']!r} (ref {row['reference']!r})"
+        if first_input is not None:
+            self.images[f"eval/images/{row['id']}/input"] = wandb.Image(first_input, caption=caption)
+        if last_output is not None:
+            self.images[f"eval/images/{row['id']}/sandbox"] = wandb.Image(last_output, caption="last sandbox image")
         self.transcripts.append((
             row["id"], row["category"], row["question"], row["reference"], row["answer"], row["correct"],
             row["well_formed"], row["stop_reason"], f"{row['code_successes']}/{row['code_blocks']}",
@@ -73,7 +81,7 @@ class EvalLogger:
         transcripts = wandb.Table(columns=list(TRANSCRIPT_COLUMNS))
         for values in self.transcripts:
             transcripts.add_data(*values)
-        self.run.log({"eval/categories": table, "eval/transcripts": transcripts})
+        self.run.log({"eval/categories": table, "eval/transcripts": transcripts, **self.images})
         for category, figures in summary.items():
             prefix = "eval" if category == "all" else f"eval/{category}"
             self.run.summary.update({f"{prefix}/{k}": v for k, v in figures.items() if v is not None})

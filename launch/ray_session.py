@@ -20,6 +20,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from launch.ray_reaper import TOKEN_VAR
 from learners.spinner import spinner
 
 log = logging.getLogger("launch.ray_session")
@@ -90,19 +91,26 @@ class RaySession:
         else:
             bind_local_only()
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes a token under $HOME
-            self._start_reaper()
+            token = self._start_reaper()
             env = {"PYTHONPATH": str(REPO_ROOT), **worker_env()}
-            with spinner(f"starting a local Ray on 127.0.0.1 ({num_cpus} CPUs, {num_gpus or 0} GPUs)"):
-                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env={"env_vars": env})
+            # Only Ray's processes may carry the token (GCS and raylet inherit it now, workers from the
+            # raylet): anything else the driver starts later (W&B's service) must outlive this session.
+            os.environ[TOKEN_VAR] = token
+            try:
+                with spinner(f"starting a local Ray on 127.0.0.1 ({num_cpus} CPUs, {num_gpus or 0} GPUs)"):
+                    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                             runtime_env={"env_vars": env})
+            finally:
+                os.environ.pop(TOKEN_VAR, None)
         self.started = True
 
-    def _start_reaper(self) -> None:
+    def _start_reaper(self) -> str:
         token = uuid.uuid4().hex
-        env = {k: v for k, v in os.environ.items() if k != "THYME_RAY_SESSION"}
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
         self._reaper = subprocess.Popen([sys.executable, "-m", "launch.ray_reaper", token, str(os.getpid())],
                                         stdin=subprocess.PIPE, cwd=REPO_ROOT, env={**env, "PYTHONPATH": str(REPO_ROOT)},
                                         start_new_session=True)
-        os.environ["THYME_RAY_SESSION"] = token  # inherited by every process of the Ray started next
+        return token
 
     def resources(self) -> tuple[int, int]:
         """(GPUs, CPUs) of the running Ray cluster."""
@@ -120,5 +128,4 @@ class RaySession:
         if self._reaper is not None:
             # Closing the pipe tells the reaper we are done: it removes whatever Ray left and exits.
             self._reaper.stdin.close()
-            os.environ.pop("THYME_RAY_SESSION", None)
             self._reaper = None
