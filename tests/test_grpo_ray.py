@@ -120,3 +120,75 @@ def _weights_from_dir(folder) -> dict:
     from safetensors.torch import load_file
 
     return load_file(f"{folder}/model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def trajectories(warm_policy):
+    """Eight real episodes of the warm policy (agent loop + sandbox, no Ray) as trainable trajectories,
+    with fixed advantages (this is about the learners' arithmetic, not the rewards)."""
+    from envs.sandbox import Sandbox
+    from learners.grpo_batch import build_trajectories
+    from policy.agent_config import RolloutConfig
+    from policy.agent_loop import AgentLoop
+    from policy.hf_engine import HFEngine
+    from actors.rollout_actor import episode_inputs
+
+    model_dir, images = warm_policy
+    engine = HFEngine(model_dir)
+    with Sandbox() as sandbox, AgentLoop(engine, sandbox, RolloutConfig(max_new_tokens_per_round=16, max_turns=3)) as loop:
+        prompts = [dict(p, seed=11 + i) for i, p in enumerate(_prompts(images)[:2])]
+        records = [r.to_dict() for r in loop.run(episode_inputs(prompts, 4))]
+    vision = {engine.processor.vision_start_id, engine.processor.vision_end_id, engine.processor.image_pad_id}
+    out = build_trajectories(records, [float(i % 4) for i in range(8)], vision_ids=vision, max_tokens=4096)
+    assert len(out.trajectories) == 8 and all(t.advantage for t in out.trajectories)
+    assert len({len(t.token_ids) for t in out.trajectories}) > 1  # lengths differ: padding is exercised
+    return out.trajectories
+
+
+def _one_step(model_dir, trajectories, learners: int, zero: int):
+    from dataclasses import asdict
+
+    from learners.grpo_batch import deal, model_token_counts
+    from learners.grpo_learner import GRPOLearnerOptions
+    from learners.learner import LearnerSettings
+    from learners.learner_actor import GRPOLearnerActor, LearnerGroup
+
+    accumulation = 8 // (2 * learners)
+    options = GRPOLearnerOptions(loss={"kl_beta": 0.1, "eps_low": 0.2, "eps_high": 0.2}, reference="colocated")
+    settings = asdict(LearnerSettings(
+        model_path=str(model_dir), total_steps=1, accumulation_steps=accumulation, micro_batch=2, lr=1e-4,
+        warmup_ratio=0.0, min_lr_ratio=1.0, weight_decay=0.0, adam_betas=(0.9, 0.999), adam_eps=1e-8, grad_clip=1e9,
+        zero_stage=zero, precision="fp32", loss="grpo", grpo=asdict(options)))
+    group = LearnerGroup(learners, 0, 1, settings, actor_class=GRPOLearnerActor)
+    try:
+        dealt = deal(trajectories, mini_batches=1, num_ranks=learners, micro_batches_per_rank=accumulation,
+                     micro_batch=2, seed=3)
+        tokens = model_token_counts(dealt)
+        out = group.call("grpo_step", [[dealt[0][r]] for r in range(learners)], [tokens] * learners)
+        return out, group.call_all("full_state_dict")[0]
+    finally:
+        group.shutdown()
+
+
+def test_learner_step_does_not_depend_on_the_split(ray_cluster, warm_policy, trajectories):
+    """One ZeRO-2 learner with 4 micro batches and two ZeRO-3 learners with 2 each take the same step:
+    every micro loss is its token sum over the step's model-token count, over all ranks."""
+    model_dir, _images = warm_policy
+    one, weights_one = _one_step(model_dir, trajectories, learners=1, zero=2)
+    two, weights_two = _one_step(model_dir, trajectories, learners=2, zero=3)
+
+    def total(out, key):
+        return sum(m[key] for rank in out for mini in rank["mini_batches"] for m in [mini])
+    for key in ("pg_sum", "kl_sum", "trained_tokens", "model_tokens"):
+        assert total(one, key) == pytest.approx(total(two, key), rel=1e-5, abs=1e-8), key
+    # The gradient norm (before clipping, over the whole model) is the same: a normalisation off by the
+    # learner count or the accumulation steps would change it by that factor.
+    norm_one, norm_two = one[0]["mini_batches"][0]["grad_norm"], two[0]["mini_batches"][0]["grad_norm"]
+    assert norm_one > 0 and norm_one == pytest.approx(norm_two, rel=1e-4)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    start = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir)).state_dict()
+    update_one = torch.cat([(weights_one[k] - start[k]).flatten() for k in sorted(start)])
+    update_two = torch.cat([(weights_two[k] - start[k]).flatten() for k in sorted(start)])
+    assert update_one.norm() > 0
+    assert (update_one - update_two).norm() <= 1e-3 * update_one.norm()
