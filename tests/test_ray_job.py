@@ -87,5 +87,25 @@ def test_submit_train_job_follows_it_to_success_on_a_loopback_head(ray_head, tin
     assert refused.returncode == 2 and "output_dir=runs/x is relative" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
 
+    # The documented plain `ray job submit` with the runtime-env file, and the default config as the
+    # entrypoint (cluster=local_cpu: it must join the job's cluster, not start its own Ray).
+    plain_out = tmp_path / "plain_out"
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--no-wait",
+           "--runtime-env", "launch/runtime_env.yaml", "--submission-id", "plain-default", "--",
+           "python", "-m", "launch.train", f"output_dir={plain_out}", f"model.path={tiny_model_dir}",
+           f"data.sft_path={sft_rows_file}", "stage.max_steps=1", "logging=disabled"]
+    submitted = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.time() + 420
+    while str(client.get_job_status("plain-default").value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline
+        time.sleep(2)
+    logs = client.get_job_logs("plain-default")
+    assert str(client.get_job_status("plain-default").value) == "SUCCEEDED", logs[-4000:]
+    assert "joining the Ray cluster" in logs and "starting a local Ray" not in logs and "[sft] step      1 |" in logs
+
     # The head's processes are still the only ones carrying the marker; the fixture ends them.
     assert marked(marker)
