@@ -22,6 +22,7 @@ from pathlib import Path
 
 from launch.ray_reaper import TOKEN_VAR
 from learners.spinner import spinner
+from learners.train_config import ConfigError
 
 log = logging.getLogger("launch.ray_session")
 LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -50,6 +51,21 @@ def worker_env() -> dict:
         if key in os.environ:
             env[key] = os.environ[key]
     return env
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at a host:port address (Ray itself would retry for minutes), else None."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return None  # "auto" and the like: Ray finds the local cluster or fails at once
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            return None
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or exc})"
 
 
 def job_runtime_env(extra_env: dict | None = None) -> dict:
@@ -86,8 +102,18 @@ class RaySession:
             # Joining from a shell on the head instead ships this checkout like `ray job submit` would.
             in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or os.environ.get("RAY_ADDRESS") == self.address
             runtime_env = None if in_job else job_runtime_env(worker_env())
-            with spinner(f"joining the Ray cluster at {self.address}"):
-                ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=True)
+            unreachable = _unreachable(self.address)
+            if unreachable:
+                raise ConfigError(f"could not join the Ray cluster at {self.address}: {unreachable}; start it first "
+                                  "(`ray start --head` on the head node), fix cluster.address, or use "
+                                  "cluster=local_cpu with RAY_ADDRESS unset for a local Ray")
+            try:
+                with spinner(f"joining the Ray cluster at {self.address}"):
+                    ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"could not join the Ray cluster at {self.address} ({exc}); start it first "
+                                  "(`ray start --head` on the head node), set cluster.address to its address, or use "
+                                  "cluster=local_cpu with RAY_ADDRESS unset for a local Ray") from None
         else:
             bind_local_only()
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes a token under $HOME

@@ -139,3 +139,15 @@ def test_a_data_file_of_the_wrong_kind_is_named(tiny_model_dir, tmp_path):
         cfg = compose(config_name="config", overrides=[*overrides[:2], f"data.sft_path={image}"])
     with pytest.raises(ConfigError, match=r"is a \.png file; training rows are \.jsonl or \.parquet"):
         run([cfg])
+
+
+def test_an_unreachable_cluster_is_refused_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = _cli("-m", "launch.train", "cluster=ray_cluster", f"cluster.address=127.0.0.1:{port}", f"output_dir={tmp_path}",
+                timeout=60)  # Ray alone would retry the address for minutes
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"could not join the Ray cluster at 127.0.0.1:{port}: nothing answers" in done.stderr
