@@ -98,22 +98,18 @@ class RaySession:
             return
         if self.joined:
             # A job's entrypoint already runs inside the job's runtime env (working dir, env vars): pass
-            # none of our own, or Ray would replace the job's.
-            # Joining from a shell on the head instead ships this checkout like `ray job submit` would.
+            # none of our own, or Ray would replace the job's. Joining from a shell on the head instead
+            # ships this checkout as `ray job submit` would.
             in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or os.environ.get("RAY_ADDRESS") == self.address
             runtime_env = None if in_job else job_runtime_env(worker_env())
             unreachable = _unreachable(self.address)
             if unreachable:
-                raise ConfigError(f"could not join the Ray cluster at {self.address}: {unreachable}; start it first "
-                                  "(`ray start --head` on the head node), fix cluster.address, or use "
-                                  "cluster=local_cpu with RAY_ADDRESS unset for a local Ray")
+                raise self._join_refused(unreachable)
             try:
                 with spinner(f"joining the Ray cluster at {self.address}"):
                     ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=True)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"could not join the Ray cluster at {self.address} ({exc}); start it first "
-                                  "(`ray start --head` on the head node), set cluster.address to its address, or use "
-                                  "cluster=local_cpu with RAY_ADDRESS unset for a local Ray") from None
+                raise self._join_refused(str(exc)) from None
         else:
             bind_local_only()
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes a token under $HOME
@@ -138,12 +134,10 @@ class RaySession:
                                         start_new_session=True)
         return token
 
-    def resources(self) -> tuple[int, int]:
-        """(GPUs, CPUs) of the running Ray cluster."""
-        import ray
-
-        res = ray.cluster_resources()
-        return int(res.get("GPU", 0)), int(res.get("CPU", 0))
+    def _join_refused(self, why: str) -> ConfigError:
+        return ConfigError(f"could not join the Ray cluster at {self.address}: {why}; start it first (`ray start "
+                           "--head` on the head node), fix cluster.address, or use cluster=local_cpu with "
+                           "RAY_ADDRESS unset for a local Ray")
 
     def stop(self) -> None:
         import ray

@@ -151,3 +151,18 @@ def test_an_unreachable_cluster_is_refused_at_once(tmp_path):
                 timeout=60)  # Ray alone would retry the address for minutes
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert f"could not join the Ray cluster at 127.0.0.1:{port}: nothing answers" in done.stderr
+
+
+def test_submit_refuses_paths_a_cluster_job_would_lose(tmp_path):
+    done = _cli("-m", "launch.submit", "--address", "http://127.0.0.1:9", "eval", "--model", "outputs/m",
+                "--tasks", "/shared/tasks", "--out", "/shared/eval")
+    assert done.returncode == 2 and "--model outputs/m is relative" in done.stderr and "Traceback" not in done.stderr
+    done = _cli("-m", "launch.submit", "--address", "http://127.0.0.1:9", "train", "stage.lrr=1")
+    assert done.returncode == 2 and "did you mean stage.lr?" in done.stderr
+
+
+def test_sandbox_messages_name_the_users_file():
+    from launch.input_checks import staged_paths_to_user_paths
+
+    message = "input image '/tmp/thyme-sandbox-q6m4a_qb/inputs/7b67b25bd2b5b39c13fb/huge.png' is 7000x7000"
+    assert staged_paths_to_user_paths(message, ["/home/me/huge.png"]) == "input image '/home/me/huge.png' is 7000x7000"
