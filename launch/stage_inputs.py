@@ -157,10 +157,10 @@ def prepare_stage(config: TrainConfig, stage_cfg: DictConfig, base_model: str) -
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"rollout (with stage.grpo.sampling): {exc}") from exc
         log.info("%s prompts: %s", config.stage.name, note)
-        sections = {k: _section(stage_cfg, k) for k in ("sandbox", "reward", "judge")}
+        sections = {k: _section(stage_cfg, k) for k in ("sandbox", "reward", "judge", "prompt")}
         return StageInputs(f"{len(prompts)} RL prompts", lambda cfg, path: GRPOTrainer(
             cfg, path, prompts, rollout=rollout, sandbox=sections["sandbox"], reward=sections["reward"] or None,
-            judge=sections["judge"] or None))
+            judge=sections["judge"] or None, prompt=sections["prompt"] or None))
     from learners.sft_trainer import SFTTrainer
 
     examples, pad_id, image_pad_id = encode_stage(config, base_model, _section(stage_cfg, "prompt"))

@@ -47,15 +47,17 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 _IDENTITY = ("num_prompts", "global_batch", "group_size", "seed", "total_steps", "model_path")
+SANDBOX_RETRIES = 2  # rounds of re-running groups the sandbox failed under
 
 
 class GRPOTrainer:
     def __init__(self, config: TrainConfig, model_path: str, prompts: list[dict], *, rollout: dict, sandbox: dict,
-                 reward: dict | None = None, judge: dict | None = None, show_progress: bool = True):
+                 reward: dict | None = None, judge: dict | None = None, prompt: dict | None = None,
+                 show_progress: bool = True):
         from policy.multimodal import PolicyProcessor
 
         self.config, self.model_path, self.prompts = config, model_path, prompts
-        self.sandbox_cfg, self.reward_cfg, self.judge_cfg = sandbox, reward, judge
+        self.sandbox_cfg, self.reward_cfg, self.judge_cfg, self.prompt_cfg = sandbox, reward, judge, prompt
         self.show_progress = show_progress
         s, c = config.stage, config.cluster
         self.grpo = grpo_settings(s.grpo, s.global_batch, s.micro_batch, c.num_learners)
@@ -96,7 +98,7 @@ class GRPOTrainer:
         from actors.rl_workers import RLWorkers
 
         return RLWorkers(self.config.cluster, self.learner_settings(), self.model_path, rollout=self.rollout_cfg,
-                         sandbox=self.sandbox_cfg, reward=self.reward_cfg, judge=self.judge_cfg,
+                         sandbox=self.sandbox_cfg, reward=self.reward_cfg, judge=self.judge_cfg, prompt=self.prompt_cfg,
                          reference_settings=self.learner_settings("reference") if self.reference_mode == "separate" else None)
 
     # ---- checkpoints ----------------------------------------------------------------------------
@@ -155,6 +157,29 @@ class GRPOTrainer:
         indices = step_prompts(len(self.prompts), self.prompts_per_step, seed=self.config.seed, step=step)
         return self._submit(workers, step, indices)
 
+    def _collect(self, workers, pending: PendingRollouts) -> StepRollouts:
+        return pending.collect(workers.reward, self.show_progress, recover=lambda engine: self._recover(workers, engine))
+
+    def _recover(self, workers, engine) -> None:
+        """A restarted engine holds the stage's first weights: once it is up, it gets the current ones."""
+        self.sync.reload(engine, self.version)
+
+    def _retry_lost_sandboxes(self, workers, step: int, rollouts: StepRollouts, counts: dict) -> StepRollouts:
+        """Groups in which the sandbox itself failed (a sandbox actor died under them) run again, same seeds."""
+        from learners.grpo_batch import prompt_id
+
+        for attempt in range(1, SANDBOX_RETRIES + 1):
+            lost = sorted({prompt_id(r["id"]) for r in rollouts.records if r.get("sandbox_failed")})
+            if not lost:
+                break
+            log.warning("step %d: the sandbox failed under %d group(s); running them again (attempt %d)",
+                        step + 1, len(lost), attempt)
+            counts["sandbox_retried_groups"] = counts.get("sandbox_retried_groups", 0) + len(lost)
+            again = PendingRollouts(workers.engines, [rollouts.prompts[g] for g in lost], self.grpo.group_size,
+                                    self.rollout_cfg["sampling"], f"step {step + 1} sandbox retry {attempt}")
+            rollouts.replace_groups(self._collect(workers, again))
+        return rollouts
+
     def _fresh(self, workers, step: int, rollouts: StepRollouts, counts: dict) -> StepRollouts:
         """Regenerate rollouts made with weights more than max_staleness versions behind `step`."""
         oldest = min(rollouts.versions)
@@ -165,7 +190,7 @@ class GRPOTrainer:
                     step + 1, oldest, step - oldest, self.grpo.max_staleness)
         counts["stale_regenerated"] = len(rollouts.records)
         counts["staleness"] = 0
-        return self.submit_step(workers, step).collect(workers.reward, self.show_progress)
+        return self._collect(workers, self.submit_step(workers, step))
 
     def _trainable(self, workers, step: int, rollouts: StepRollouts, counts: dict):
         """Trajectories with advantages; with zero_variance=drop, dropped groups refilled from new prompts."""
@@ -180,7 +205,7 @@ class GRPOTrainer:
             if missing == 0:
                 break
             indices = refill_prompts(len(self.prompts), missing, seed=self.config.seed, step=step, round_=round_)
-            extra = self._submit(workers, step, indices, salt=round_).collect(workers.reward, self.show_progress)
+            extra = self._collect(workers, self._submit(workers, step, indices, salt=round_))
             rollouts.generate_s += extra.generate_s
             rollouts.reward_s += extra.reward_s
             more = build_trajectories(extra.records, [r["total"] for r in extra.rewards], **build)
@@ -220,8 +245,9 @@ class GRPOTrainer:
         return workers.learners.call("grpo_step", per_rank, [tokens] * c.num_learners)
 
     def _train_step(self, workers, step: int, rollouts: StepRollouts, next_step=None) -> tuple[dict, object]:
-        counts: dict = {}
+        counts: dict = {"engine_restarts": rollouts.engine_restarts}
         rollouts = self._fresh(workers, step, rollouts, counts)
+        rollouts = self._retry_lost_sandboxes(workers, step, rollouts, counts)
         trajectories = self._trainable(workers, step, rollouts, counts)
         pending = next_step() if next_step else None  # overlap: the next step generates while this one trains
         if not trajectories:
@@ -271,8 +297,9 @@ class GRPOTrainer:
     def _run(self, workers, stop_at: int | None) -> StageResult:
         cfg = self.config
         start, history = self.resume(workers)
-        sync = make_weight_sync(self.engine_kind, workers.learners, workers.engines, cfg.cluster.gpus_per_engine,
-                                self.grpo.weight_sync_bucket_mb)
+        self.version = start
+        self.sync = sync = make_weight_sync(self.engine_kind, workers.learners, workers.engines,
+                                            cfg.cluster.gpus_per_engine, self.grpo.weight_sync_bucket_mb)
         if start:  # the engines start from the stage's first weights: give them the checkpoint's
             sync.push(start)
         self._rewrite_metrics(history)
@@ -286,12 +313,13 @@ class GRPOTrainer:
             pending = self.submit_step(workers, start) if start < end else None
             for step in range(start, end):
                 started = time.perf_counter()
-                rollouts = pending.collect(workers.reward, self.show_progress)
+                rollouts = self._collect(workers, pending)
                 overlap = self.grpo.overlap and step + 1 < end
                 next_step = (lambda s=step + 1: self.submit_step(workers, s)) if overlap else None
                 metrics, pending = self._train_step(workers, step, rollouts, next_step)
                 # With overlap the engines are busy with the next step: they load the weights after it.
                 metrics["sync_s"] = sync.push(step + 1, wait=not self.grpo.overlap)
+                self.version = step + 1
                 if pending is None and step + 1 < end:
                     pending = self.submit_step(workers, step + 1)
                 metrics["step_s"] = time.perf_counter() - started
