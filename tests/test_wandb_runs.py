@@ -51,7 +51,9 @@ def test_a_resumed_stage_continues_its_wandb_run(ray_cluster, tiny_model_dir, sf
     finally:
         group.shutdown()
     stage_dir = tmp_path / "sft"
-    ids = [run.name.split("-", 3)[-1] for run in _offline_runs(stage_dir)]
+    # The id from the run's own file (run-<id>.wandb): two runs started in the same second share a
+    # folder timestamp and W&B then suffixes the folder name, not the id.
+    ids = [next(run.glob("run-*.wandb")).stem[len("run-"):] for run in _offline_runs(stage_dir)]
     expected = wandb_run_id(stage_dir, "sft", 0)
     assert ids == [expected, expected, wandb_run_id(stage_dir, "sft", 1)], ids
     assert json.loads((stage_dir / RECORD_FILE).read_text())["generation"] == 1
