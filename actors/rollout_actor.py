@@ -98,6 +98,8 @@ class RolloutActorImpl:
             self._own_sandbox = Sandbox(sandbox or {}).start()
             self.sandbox = self._own_sandbox
         self.loop = AgentLoop(self.engine, self.sandbox, self.config)
+        self.weight_version = 0  # how many training steps made the engine's weights (GRPO's staleness check)
+        self._episodes_done = 0
 
     def rollout(self, prompts: list[dict], n_samples: int = 1, sampling: dict | None = None) -> list[dict]:
         """Run n_samples episodes per prompt, all batched together; records (as plain dicts) in
@@ -106,12 +108,40 @@ class RolloutActorImpl:
         settings = self.config.sampling
         if sampling:
             settings = SamplingSettings(**{**vars(self.config.sampling), **sampling})
-        records = self.loop.run(episode_inputs(prompts, n_samples), sampling=settings)
-        return [r.to_dict() for r in records]
+        self._episodes_done = 0
+        records = self.loop.run(episode_inputs(prompts, n_samples), sampling=settings, on_progress=self._count_done)
+        return [{**r.to_dict(), "weight_version": self.weight_version} for r in records]
 
-    def load_weights(self, weights) -> None:
-        """New policy weights (a state_dict or (name, tensor) pairs, e.g. through the object store)."""
+    def load_weights(self, weights, version: int | None = None) -> None:
+        """New policy weights (a state_dict or (name, tensor) pairs, e.g. through the object store),
+        and the weight version they are (the trainer's step count)."""
         self.engine.load_weights(weights)
+        if version is not None:
+            self.weight_version = version
+
+    def set_weight_version(self, version: int) -> None:
+        self.weight_version = version
+
+    # NCCL weight transfer from the learners (vLLM engines; learners/weight_sync.NcclWeightSync).
+    def start_weight_receiver(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        self.engine.start_weight_receiver(master_address, master_port, rank_offset, world_size)
+
+    def receive_weights(self, buckets: list, version: int | None = None) -> None:
+        self.engine.receive_weights(buckets)
+        if version is not None:
+            self.weight_version = version
+
+    def _count_done(self, n: int) -> None:
+        self._episodes_done += n
+
+    @ray.method(concurrency_group="progress")
+    def progress(self) -> int:
+        """Episodes finished in the rollout call now running (answered while it runs: a progress bar)."""
+        return self._episodes_done
+
+    def engine_weights(self) -> dict:
+        """The HF engine's weights as CPU tensors (equality checks in tests and benchmarks)."""
+        return {k: v.detach().cpu().clone() for k, v in self.engine.model.state_dict().items()}
 
     # vLLM engines take weights over NCCL from learner rank 0 (policy/vllm_weight_transfer.py).
     def start_weight_receiver(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
@@ -136,5 +166,6 @@ class RolloutActorImpl:
             self._own_sandbox.close()
 
 
-# Plain class for tests without Ray and for composing; the Ray actor runs the same code.
-RolloutActor = ray.remote(RolloutActorImpl)
+# Plain class for tests without Ray and for composing; the Ray actor runs the same code. Its calls run
+# one at a time (a weight update never lands in the middle of a rollout), except `progress`.
+RolloutActor = ray.remote(concurrency_groups={"progress": 1})(RolloutActorImpl)

@@ -1,16 +1,17 @@
-"""Train the policy with SFT: `python -m launch.train [stage=NAME | pipeline=[A,B]] [overrides...]`.
+"""Train the policy: `python -m launch.train [stage=NAME | pipeline=[A,B,...]] [overrides...]`.
 
+SFT stages run learners/sft_trainer.py, GRPO stages learners/grpo_trainer.py (stage.trainer).
 Order of work: compose and validate every stage's config (bad configs are refused here, before Ray
-starts); check the learners fit the machine; build the tiny model / task set on the fly when no path
-is given; load and encode each stage's data; start Ray; run the stages in order, each one starting
-from the previous one's final checkpoint when its `init_from` says `previous`.
+starts); check the actors fit the machine or cluster; build the tiny model / task sets on the fly
+when no path is given; load and encode each stage's data (launch/stage_inputs.py); start Ray; run
+the stages in order, each one starting from the previous one's final checkpoint when its
+`init_from` says `previous`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -19,12 +20,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from learners.train_config import ConfigError, TrainConfig, from_dict, validate_data_size, validate_resources
+from launch.stage_inputs import REPO_ROOT, ensure_model, prepare_stage
+from learners.train_config import ConfigError, TrainConfig, from_dict, validate_resources
 
 log = logging.getLogger("launch.train")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
-SFT_FILE = "sft.jsonl"
 
 
 # ---- configs ------------------------------------------------------------------------------------
@@ -78,7 +78,24 @@ def available_resources(config: TrainConfig) -> tuple[int, int]:
     return gpus, c.num_cpus or os.cpu_count() or 1
 
 
-def start_ray(config: TrainConfig) -> bool:
+def check_fits(config: TrainConfig, stage_cfg: DictConfig, gpus: int, cpus: int) -> int:
+    """Refuse a stage its cluster cannot hold; returns the logical CPUs it asks for."""
+    if config.stage.trainer != "grpo":
+        validate_resources(config, gpus, cpus)
+        return config.cluster.num_learners * config.cluster.cpus_per_learner
+    from learners.grpo_config import check_plan_fits, grpo_settings, rl_placement
+
+    settings = grpo_settings(config.stage.grpo, config.stage.global_batch, config.stage.micro_batch,
+                             config.cluster.num_learners)
+    judge = OmegaConf.to_container(stage_cfg.get("judge") or {}, resolve=True)
+    judge_gpus = int((judge.get("vllm") or {}).get("gpus", 0)) if judge.get("backend") == "vllm" else 0
+    plan = rl_placement(config.cluster, settings.kl_beta, judge_gpus)
+    # A local Ray is started with as many logical CPUs as the plan asks: only GPUs are real limits there.
+    check_plan_fits(plan, gpus, cpus if config.cluster.address is not None else max(cpus, plan.cpus))
+    return plan.cpus
+
+
+def start_ray(config: TrainConfig, cpus_needed: int = 0) -> bool:
     """Start or join Ray unless it already runs (tests). Returns whether we started it."""
     import ray
 
@@ -92,73 +109,10 @@ def start_ray(config: TrainConfig) -> bool:
         validate_resources(config, gpus, cpus)
     else:
         gpus, cpus = available_resources(config)
-        # Logical CPUs: at least one per learner plus the driver, even on a 2-core laptop.
-        ray.init(num_cpus=max(cpus, c.num_learners * c.cpus_per_learner + 1), num_gpus=gpus,
+        # Logical CPUs: at least one per actor plus the driver, even on a 2-core laptop.
+        ray.init(num_cpus=max(cpus, cpus_needed + 1), num_gpus=gpus,
                  include_dashboard=False, runtime_env={"env_vars": env})
     return True
-
-
-# ---- model and data -----------------------------------------------------------------------------
-def ensure_model(config: TrainConfig) -> str:
-    if config.model.path:
-        return config.model.path
-    from policy.tiny_model import make_tiny_model
-
-    target = Path(config.model.tiny_dir)
-    if not (target / "config.json").is_file():
-        log.info("model.path is unset: building the tiny Qwen2.5-VL into %s", target)
-        make_tiny_model(target)
-    return str(target)
-
-
-def ensure_generated_data(config: TrainConfig) -> Path:
-    """The generated task set's SFT rows (generate_dir/sft.jsonl), made once with envs.tasks."""
-    d = config.data
-    out = Path(d.generate_dir)
-    if not (out / SFT_FILE).is_file():
-        n = d.generate_per_category * 6
-        log.info("data paths unset: generating %d tasks with expert trajectories into %s", n, out)
-        cmd = [sys.executable, "-m", "envs.tasks", "generate", "--category", "all", "--n", str(n),
-               "--seed", str(d.generate_seed), "--split", "train", "--out", str(out), "--trajectories"]
-        done = subprocess.run(cmd, cwd=REPO_ROOT)
-        if done.returncode != 0 or not (out / SFT_FILE).is_file():
-            raise RuntimeError(f"generating the SFT task set failed ({' '.join(cmd)} exited {done.returncode}); "
-                               "run it by hand to see why, or set data.sft_path to existing SFT rows")
-    return out / SFT_FILE
-
-
-def stage_rows(config: TrainConfig):
-    """The SFT rows of this stage and where they came from (see conf/data/generated.yaml)."""
-    from envs.data import load_sft_rows
-
-    d, math = config.data, config.stage.data == "math"
-    if math and d.math_path:
-        rows, _counts = load_sft_rows(d.math_path)
-        return rows, d.math_path
-    source = d.sft_path or str(ensure_generated_data(config))
-    rows, _counts = load_sft_rows(source)
-    wanted = [r for r in rows if (r.category in d.math_categories) == math]
-    return wanted, f"{source} ({'only' if math else 'without'} categories {d.math_categories})"
-
-
-def encode_stage(config: TrainConfig, model_path: str, prompt_cfg: dict):
-    from learners.batching import LengthFilter
-    from learners.sft_data import encode_rows
-    from learners.sft_masking import MaskRules
-    from policy.multimodal import PolicyProcessor
-
-    processor = PolicyProcessor.from_pretrained(model_path, max_pixels=config.model.max_pixels)
-    rows, source = stage_rows(config)
-    rules = MaskRules(last_round_only=config.stage.train_rounds == "last")
-    length_filter = LengthFilter(config.data.max_seq_len, config.data.overlong, processor.image_pad_id)
-    examples, report = encode_rows(rows, processor, prompt_cfg.get("system"), rules, length_filter,
-                                   desc=f"encoding {config.stage.name} rows")
-    log.info("%s data from %s: %s", config.stage.name, source, report.summary())
-    validate_data_size(config, len(examples), source)
-    pad_id = processor.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    return examples, pad_id, processor.image_pad_id
 
 
 # ---- run ----------------------------------------------------------------------------------------
@@ -166,27 +120,23 @@ def run(stage_cfgs: list[DictConfig]) -> list:
     """Validate, prepare and train every stage; returns their StageResults."""
     configs = [typed(c) for c in stage_cfgs]
     check_pipeline(configs)
-    for config in configs:
-        validate_resources(config, *available_resources(config))
+    cpus_needed = max(check_fits(c, s, *available_resources(c)) for c, s in zip(configs, stage_cfgs))
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
     base_model = ensure_model(configs[0])
-    prepared = [encode_stage(c, base_model, OmegaConf.to_container(s.get("prompt") or {}, resolve=True))
-                for c, s in zip(configs, stage_cfgs)]
+    prepared = [prepare_stage(c, s, base_model) for c, s in zip(configs, stage_cfgs)]
 
     import ray
 
-    from learners.sft_trainer import SFTTrainer
-
-    started = start_ray(configs[0])
+    started = start_ray(configs[0], cpus_needed)
     results = []
     try:
-        for config, (examples, pad_id, image_pad_id) in zip(configs, prepared):
+        for config, stage_cfg, inputs in zip(configs, stage_cfgs, prepared):
             model_path = results[-1].hf_dir if config.stage.init_from == "previous" and results else \
                 (config.model.path or base_model)
-            log.info("stage %s starts from %s (%d samples)", config.stage.name, model_path, len(examples))
-            result = SFTTrainer(config, model_path, examples, pad_id, image_pad_id).run()
+            log.info("stage %s starts from %s (%s)", config.stage.name, model_path, inputs.describe())
+            result = inputs.trainer(config, model_path).run()
             results.append(result)
-            log.info("stage %s done: %d steps, loss %.4f -> %.4f, model at %s", result.stage, result.steps,
+            log.info("stage %s done: %d steps, %s %.4f -> %.4f, model at %s", result.stage, result.steps, result.metric,
                      result.first_loss or float("nan"), result.last_loss or float("nan"), result.hf_dir)
     finally:
         if started:
@@ -206,7 +156,7 @@ def main(cfg: DictConfig) -> None:
         log.error("configuration refused: %s", exc)
         sys.exit(2)
     for r in results:
-        print(f"{r.stage}: {r.steps} steps, loss {r.first_loss:.4f} -> {r.last_loss:.4f}; model: {r.hf_dir}")
+        print(f"{r.stage}: {r.steps} steps, {r.metric} {r.first_loss:.4f} -> {r.last_loss:.4f}; model: {r.hf_dir}")
 
 
 if __name__ == "__main__":

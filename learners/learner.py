@@ -44,6 +44,7 @@ class LearnerSettings:
     gradient_checkpointing: bool = False
     max_pixels: int | None = None
     seed: int = 0
+    grpo: dict | None = None  # GRPO stages: learners.grpo_learner.GRPOLearnerOptions fields
 
 
 def deepspeed_config(s: LearnerSettings, world_size: int, use_bf16: bool) -> dict:
@@ -69,6 +70,36 @@ def _vision_module(model):
     raise ValueError("model has no vision tower named 'visual': model.freeze_vision needs a Qwen2.5-VL")
 
 
+def free_rendezvous_address() -> tuple[str, int]:
+    """This process's node IP and a free TCP port (rank 0's become the process group's rendezvous)."""
+    import socket
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+def init_process_group(rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int) -> bool:
+    """Join the ranks' torch.distributed group through DeepSpeed (nccl on GPU, gloo on CPU); returns
+    whether this process has a GPU."""
+    import deepspeed
+
+    # torch.distributed reads the rendezvous from the environment; set it before init_distributed.
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
+                      LOCAL_WORLD_SIZE=os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    # torch.distributed warns on every ZeRO collective about renamed functions: noise in the job log.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+    return on_gpu
+
+
 class Learner:
     """Lifecycle: Learner(...) -> setup(master_addr, master_port) on every rank at once -> train_step ..."""
 
@@ -79,15 +110,7 @@ class Learner:
 
     # ---- setup --------------------------------------------------------------------------------
     def node_address(self) -> tuple[str, int]:
-        """This process's node IP and a free TCP port (rank 0's become the rendezvous address)."""
-        import socket
-
-        import ray
-
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return free_rendezvous_address()
 
     def setup(self, master_addr: str, master_port: int) -> dict:
         import deepspeed
@@ -95,16 +118,7 @@ class Learner:
 
         from policy.multimodal import PolicyProcessor
 
-        # torch.distributed reads the rendezvous from the environment; set it before init_distributed.
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(self.local_rank),
-                          LOCAL_WORLD_SIZE=os.environ.get("LOCAL_WORLD_SIZE", str(self.world_size)))
-        # torch.distributed warns on every ZeRO collective about renamed functions: noise in the job log.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-        on_gpu = torch.cuda.is_available()
-        if on_gpu:
-            torch.cuda.set_device(self.local_rank)
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        on_gpu = init_process_group(self.rank, self.world_size, self.local_rank, master_addr, master_port)
         self._seed_everything(self.s.seed + self.rank)
 
         use_bf16 = self.s.precision == "bf16" or (self.s.precision == "auto" and on_gpu)
@@ -142,12 +156,14 @@ class Learner:
         torch.manual_seed(seed)
 
     # ---- training -----------------------------------------------------------------------------
-    def _forward_logprobs(self, batch: dict) -> torch.Tensor:
+    def _forward_logits(self, batch: dict) -> torch.Tensor:
         inputs = {k: batch[k].to(self.engine.device) for k in MODEL_INPUTS if k in batch}
         if "pixel_values" in inputs and self.engine.bfloat16_enabled():
             inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
-        logits = self.engine(**inputs).logits
-        return next_token_logprobs(logits, inputs["input_ids"])
+        return self.engine(**inputs).logits
+
+    def _forward_logprobs(self, batch: dict) -> torch.Tensor:
+        return next_token_logprobs(self._forward_logits(batch), batch["input_ids"].to(self.engine.device))
 
     def train_step(self, micro_batches: list[dict], global_tokens: float) -> dict:
         """One optimizer step over this rank's micro batches (exactly accumulation_steps of them).
@@ -155,22 +171,29 @@ class Learner:
         `global_tokens` is the trained-token count of the whole global batch (all ranks): every micro
         loss is its token sum over that, so the step is the global token-mean whatever the split.
         """
+        def loss_step(batch):
+            logprobs = self._forward_logprobs(batch)
+            return self.loss_fn(logprobs, {k: v.to(logprobs.device) for k, v in batch.items()}, global_tokens)
+        return self.accumulate_and_step(micro_batches, loss_step)
+
+    def accumulate_and_step(self, micro_batches: list[dict], loss_step) -> dict:
+        """Backward every micro batch's loss (`loss_step(batch) -> (loss, metrics)`), then one optimizer
+        step; returns the summed metrics plus lr, grad norm, token counts and seconds."""
         if len(micro_batches) != self.s.accumulation_steps:
             raise ValueError(f"rank {self.rank} got {len(micro_batches)} micro batches, expected "
                              f"{self.s.accumulation_steps} (global batch / (micro batch x learners))")
         self.engine.train()
         start = time.perf_counter()
         lr = self.engine.lr_scheduler.get_last_lr()[0]
-        totals = {"nll_sum": 0.0, "trained_tokens": 0.0, "tokens": 0, "padded_tokens": 0}
+        totals = {"tokens": 0, "padded_tokens": 0}
         for batch in micro_batches:
-            logprobs = self._forward_logprobs(batch)
-            loss, metrics = self.loss_fn(logprobs, {k: v.to(logprobs.device) for k, v in batch.items()}, global_tokens)
+            loss, metrics = loss_step(batch)
             # DeepSpeed averages gradients over ranks; we want their sum (the loss is already global-normalised),
             # and we normalised ourselves instead of dividing by accumulation steps.
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             self.engine.step()
-            for key in ("nll_sum", "trained_tokens"):
-                totals[key] += metrics.get(key, 0.0)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value
             totals["tokens"] += int(batch["attention_mask"].sum())
             totals["padded_tokens"] += batch["attention_mask"].numel()
         grad_norm = self.engine.get_global_grad_norm()

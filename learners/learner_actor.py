@@ -6,9 +6,13 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from learners.grpo_learner import GRPOLearner
 from learners.learner import Learner
+from learners.reference import ReferenceWorker
 
 LearnerActor = ray.remote(Learner)
+GRPOLearnerActor = ray.remote(GRPOLearner)
+ReferenceActor = ray.remote(ReferenceWorker)
 
 
 class LearnerGroup:
@@ -19,7 +23,7 @@ class LearnerGroup:
     """
 
     def __init__(self, num_learners: int, gpus_per_learner: int, cpus_per_learner: int, settings: dict,
-                 strategy: str = "PACK", ready_timeout_s: float = 600):
+                 strategy: str = "PACK", ready_timeout_s: float = 600, actor_class=LearnerActor):
         bundles = [{"CPU": cpus_per_learner, **({"GPU": gpus_per_learner} if gpus_per_learner else {})}
                    for _ in range(num_learners)]
         self.placement_group = placement_group(bundles, strategy=strategy)
@@ -31,7 +35,7 @@ class LearnerGroup:
         self.actors = []
         for rank in range(num_learners):
             strategy_for_rank = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=rank)
-            actor = LearnerActor.options(num_cpus=cpus_per_learner, num_gpus=gpus_per_learner,
+            actor = actor_class.options(num_cpus=cpus_per_learner, num_gpus=gpus_per_learner,
                                          scheduling_strategy=strategy_for_rank).remote(
                 rank, num_learners, self._local_rank(rank, gpus_per_learner), settings)
             self.actors.append(actor)
@@ -52,7 +56,10 @@ class LearnerGroup:
 
     def call_all(self, method: str, *args, **kwargs) -> list:
         """Call `method` with the same arguments on every rank."""
-        return ray.get([getattr(actor, method).remote(*args, **kwargs) for actor in self.actors])
+        return ray.get(self.call_all_async(method, *args, **kwargs))
+
+    def call_all_async(self, method: str, *args, **kwargs) -> list:
+        return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
 
     def shutdown(self) -> None:
         try:

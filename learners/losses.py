@@ -43,3 +43,9 @@ LOSSES: dict[str, LossFn] = {"sft": sft_loss}
 def register_loss(name: str, fn: LossFn) -> None:
     """Add a loss (e.g. GRPO's) so a stage can select it with stage.loss=NAME."""
     LOSSES[name] = fn
+
+
+# GRPO's loss lives in its own module (it has its own settings); registered here so stage.loss=grpo validates.
+from learners.grpo_loss import grpo_loss  # noqa: E402
+
+LOSSES["grpo"] = grpo_loss

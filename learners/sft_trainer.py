@@ -30,9 +30,10 @@ class StageResult:
     steps: int
     checkpoint: str  # the final checkpoint folder
     hf_dir: str  # its Hugging Face model folder (the next stage's starting point)
-    first_loss: float | None
+    first_loss: float | None  # the stage's first and last figure of `metric` (SFT: loss; GRPO: mean reward)
     last_loss: float | None
-    losses: list
+    losses: list  # the loss of every step
+    metric: str = "loss"
 
 
 def _trained(example: dict) -> int:

@@ -31,6 +31,11 @@ class DataConfig:
     max_seq_len: int = 2048
     overlong: str = "truncate"  # truncate | skip
     group_window: int = 8  # global batches sorted together by length (1 = no grouping across batches)
+    rl_path: str | None = None  # RL rows (released Thyme RL format or envs.tasks' rl.jsonl) for GRPO stages
+    rl_generate_dir: str = "outputs/rl_data"  # where RL tasks are generated when rl_path is None
+    rl_generate_per_category: int = 8
+    rl_generate_seed: int = 1
+    rl_categories: list[str] | None = None  # generated RL tasks: these categories (None: all)
 
 
 @dataclass
@@ -53,6 +58,8 @@ class StageConfig:
     zero_stage: int = 2
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp32
     loss: str = "sft"  # a name in learners.losses.LOSSES
+    trainer: str = "sft"  # sft (learners/sft_trainer.py) | grpo (learners/grpo_trainer.py)
+    grpo: dict | None = None  # GRPO stages: learners.grpo_config.GRPOSettings fields
 
 
 @dataclass
@@ -64,6 +71,18 @@ class ClusterConfig:
     num_cpus: int | None = None  # local Ray only: logical CPUs (None: detect)
     num_gpus: int | None = None  # local Ray only: GPUs (None: detect)
     placement_strategy: str = "PACK"
+    # GRPO stages place these too (learners/grpo_config.py checks the plan fits before Ray starts).
+    rl_num_learners: int | None = None  # learners of GRPO stages, when they must leave GPUs to engines (None: num_learners)
+    rollout_engines: int = 1  # RolloutActors, each with its own engine (HF or vLLM)
+    gpus_per_engine: int = 0  # GPUs per engine (vLLM: its tensor-parallel size)
+    cpus_per_engine: int = 1
+    reference: str = "colocated"  # where the KL's reference policy lives: colocated (on the learners) | separate
+    reference_workers: int = 1  # separate: reference ranks, each on its own bundle
+    gpus_per_reference: int = 0
+    cpus_per_reference: int = 1
+    sandbox_actors: int = 1  # SandboxActors (each a warm sandbox serving many episodes)
+    cpus_per_sandbox: int = 1
+    reward_cpus: int = 1
 
 
 @dataclass
@@ -124,6 +143,8 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     """
     mine = {k: v for k, v in values.items() if k in {f.name for f in fields(TrainConfig)}}
     config = _build(TrainConfig, mine, "")
+    if config.stage.trainer == "grpo" and config.cluster.rl_num_learners is not None:
+        config.cluster.num_learners = config.cluster.rl_num_learners
     validate(config)
     return config
 
@@ -153,7 +174,16 @@ def validate(config: TrainConfig) -> None:
     _check(s.zero_stage in (0, 1, 2, 3), f"stage.zero_stage={s.zero_stage}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
     _check(s.precision in ("auto", "bf16", "fp32"), f"stage.precision={s.precision!r}: use auto, bf16 or fp32")
     _check(s.train_rounds in ("last", "all"), f"stage.train_rounds={s.train_rounds!r}: use last (image stage) or all (math annealing)")
-    _check(s.data in ("sft", "math"), f"stage.data={s.data!r}: use sft (image data) or math (computation data)")
+    _check(s.data in ("sft", "math", "rl"), f"stage.data={s.data!r}: use sft (image data), math (computation data) "
+           "or rl (RL prompts, GRPO stages)")
+    _check(s.trainer in ("sft", "grpo"), f"stage.trainer={s.trainer!r}: use sft or grpo")
+    if s.trainer == "grpo":
+        from learners.grpo_config import grpo_settings, validate_rl_cluster
+
+        _check(s.loss == "grpo" and s.data == "rl", f"a GRPO stage trains with stage.loss=grpo on stage.data=rl "
+               f"(got loss={s.loss!r}, data={s.data!r})")
+        grpo_settings(s.grpo, s.global_batch, s.micro_batch, c.num_learners)
+        validate_rl_cluster(c)
     _check(s.init_from in ("model", "previous"), f"stage.init_from={s.init_from!r}: use model or previous")
     _check(len(s.adam_betas) == 2, f"stage.adam_betas={s.adam_betas}: need two numbers")
     from learners.losses import LOSSES  # late: keeps the config module free of torch at import
@@ -166,10 +196,11 @@ def validate(config: TrainConfig) -> None:
     _check(config.logging.wandb_mode in ("online", "offline", "disabled"),
            f"logging.wandb_mode={config.logging.wandb_mode!r}: use online, offline or disabled")
     _check(config.checkpoint.keep_last >= 1, f"checkpoint.keep_last={config.checkpoint.keep_last}: keep at least 1")
-    for name, value in (("data.sft_path", d.sft_path), ("data.math_path", d.math_path), ("model.path", config.model.path)):
+    for name, value in (("data.sft_path", d.sft_path), ("data.math_path", d.math_path), ("data.rl_path", d.rl_path),
+                        ("model.path", config.model.path)):
         if value is not None:
             _check(Path(value).exists(), f"{name}={value} does not exist; point it at an existing "
-                   f"{'model folder' if name == 'model.path' else 'JSONL/Parquet file or folder of SFT rows'}, "
+                   f"{'model folder' if name == 'model.path' else 'JSONL/Parquet file or folder of rows'}, "
                    f"or set {name}=null to build a small one on the fly")
 
 

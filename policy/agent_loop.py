@@ -336,7 +336,7 @@ class AgentLoop:
         try:
             r = ep.sandbox_episode.run(code)
         except Exception as exc:  # noqa: BLE001  (server gone, episode closed): the model reads why
-            run = CodeRun(turn=ep.turns, code=code, ok=False, error=f"the sandbox failed: {exc}")
+            run = CodeRun(turn=ep.turns, code=code, ok=False, error=f"the sandbox failed: {exc}", sandbox_failed=True)
             return run, self._reply_parts(ep, run)
         paths = list(r.images)
         if self.config.save_images_dir:

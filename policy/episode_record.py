@@ -41,6 +41,7 @@ class CodeRun:
     timed_out: bool = False
     fixes: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    sandbox_failed: bool = False  # the sandbox itself failed (server gone), not the model's code
 
 
 @dataclass

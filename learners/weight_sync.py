@@ -1,0 +1,75 @@
+"""New weights from the learners to every rollout engine after a training step (driver side).
+
+Two ways, one interface (`push(version, wait) -> seconds`, `wait()`). With wait=False the engines
+load when they are free (each engine runs its calls in order, so a rollout already queued finishes
+with the old weights and the next one uses the new): that is how overlap keeps generating.
+- ObjectStoreWeightSync (HF engines, CPU or GPU): learner rank 0 gathers the full state dict (a
+  collective under ZeRO-3), puts it in Ray's object store once and returns the reference; every
+  engine loads it from there, so the weights never pass through the driver.
+- NcclWeightSync (vLLM engines on GPUs): learner rank 0 and every engine worker form one NCCL
+  group (policy/vllm_weight_transfer.py: vLLM 0.32's weight-transfer engine); the learners gather
+  ZeRO-3 shards bucket by bucket (GRPOLearner.gathered_buckets) and rank 0 broadcasts each bucket
+  while the engines receive it; only names, shapes and dtypes cross Ray. NOT RUN IN THIS PROJECT:
+  it needs CUDA GPUs and vLLM; the bucket gathering it relies on is tested on CPU.
+Each engine records the version it holds; rollouts carry it, so the trainer can refuse stale ones.
+"""
+from __future__ import annotations
+
+import time
+
+import ray
+
+
+class _Sync:
+    def __init__(self):
+        self._inflight: list = []
+
+    def wait(self) -> None:
+        """Block until every engine holds the last weights pushed."""
+        ray.get(self._inflight)
+        self._inflight = []
+
+    def _finish(self, refs: list, wait: bool, started: float) -> float:
+        self._inflight = refs
+        if wait:
+            self.wait()
+        return time.perf_counter() - started
+
+
+class ObjectStoreWeightSync(_Sync):
+    def __init__(self, learners, engines: list):
+        super().__init__()
+        self.learners, self.engines = learners, engines
+
+    def push(self, version: int, wait: bool = True) -> float:
+        self.wait()  # the previous weights are loaded (and their object-store copy can go)
+        started = time.perf_counter()
+        published = self.learners.call_all("publish_weights")
+        (ref,) = published[0]
+        # A top-level ObjectRef argument is resolved by Ray before the call: each engine gets the tensors.
+        return self._finish([engine.load_weights.remote(ref, version) for engine in self.engines], wait, started)
+
+
+class NcclWeightSync(_Sync):
+    def __init__(self, learners, engines: list, gpus_per_engine: int, bucket_mb: int):
+        super().__init__()
+        self.learners, self.engines = learners, engines
+        self.plan = learners.call_all("weight_bucket_plan", bucket_mb << 20)[0]
+        address, port = ray.get(learners.actors[0].node_address.remote())
+        world_size = 1 + len(engines) * gpus_per_engine  # rank 0: the learner; then every engine worker
+        # Engines start listening first (non-blocking); the sender's join completes the rendezvous.
+        ray.get([engine.start_weight_receiver.remote(address, port, 1 + i * gpus_per_engine, world_size)
+                 for i, engine in enumerate(engines)])
+        ray.get(learners.actors[0].start_weight_sender.remote(address, port, world_size))
+
+    def push(self, version: int, wait: bool = True) -> float:
+        self.wait()
+        started = time.perf_counter()
+        receiving = [engine.receive_weights.remote(self.plan, version) for engine in self.engines]
+        return self._finish(self.learners.call_all_async("send_weights", self.plan) + receiving, wait, started)
+
+
+def make_weight_sync(engine_kind: str, learners, engines: list, gpus_per_engine: int, bucket_mb: int):
+    if engine_kind == "vllm":
+        return NcclWeightSync(learners, engines, gpus_per_engine, bucket_mb)
+    return ObjectStoreWeightSync(learners, engines)
