@@ -143,19 +143,6 @@ class RolloutActorImpl:
         """The HF engine's weights as CPU tensors (equality checks in tests and benchmarks)."""
         return {k: v.detach().cpu().clone() for k, v in self.engine.model.state_dict().items()}
 
-    # vLLM engines take weights over NCCL from learner rank 0 (policy/vllm_weight_transfer.py).
-    def start_weight_receiver(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        self._vllm_engine().start_weight_receiver(master_address, master_port, rank_offset, world_size)
-
-    def receive_weights(self, buckets: list) -> None:
-        self._vllm_engine().receive_weights(buckets)
-
-    def _vllm_engine(self):
-        if not hasattr(self.engine, "receive_weights"):
-            raise RuntimeError(f"the {self.config.engine!r} engine takes new weights through load_weights(state_dict); "
-                               "NCCL weight transfer is the vLLM engine's (rollout.engine=vllm)")
-        return self.engine
-
     def stats(self) -> dict[str, Any]:
         """Timing and batching figures of the last rollout call (see AgentLoop.run)."""
         return dict(self.loop.last_stats)
