@@ -40,7 +40,7 @@ from policy.ats import TokenBytes
 from policy.engine import Engine, GenerationRequest, GenerationResult
 from policy.multimodal import PolicyProcessor
 from policy.sequence_monitor import SequenceMonitor
-from policy.vllm_phases import PhasedRequest, first_difference
+from policy.vllm_phases import PhasedRequest
 
 VLLM_INSTALL_HINT = (
     "VLLMEngine needs vLLM 0.32 and a CUDA GPU: run `pip install -c constraints.txt -e '.[vllm]'` on a GPU "
@@ -107,13 +107,6 @@ def to_sampling_params(kwargs: Mapping[str, Any]):
     kw = dict(kwargs)
     detection = kw.pop("repetition_detection", None)
     return SamplingParams(**kw, repetition_detection=RepetitionDetectionParams(**detection) if detection else None)
-
-
-def chosen_logprobs(token_ids: Sequence[int], per_token: Sequence[Mapping[int, Any]] | None) -> list[float]:
-    """The chosen token's log-prob from vLLM's per-position {token_id: Logprob} dicts (vllm/logprobs.py)."""
-    if per_token is None or len(per_token) != len(token_ids):
-        raise RuntimeError("vLLM returned no per-token log-probs: requests must set logprobs=0")
-    return [float(getattr(d[t], "logprob", d[t])) for t, d in zip(token_ids, per_token)]
 
 
 def weight_transfer_init_info(master_address: str, master_port: int, rank_offset: int, world_size: int) -> dict:
@@ -197,21 +190,9 @@ class VLLMEngine(Engine):
             with self._lock:
                 outputs = self.llm.generate(prompts, params, use_tqdm=False)  # vllm/entrypoints/llm.py:418
             for state, output in zip(active, outputs):
-                self._absorb(state, output)
+                state.absorb_output(output)
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
         return [s.result(decode) for s in states]
-
-    def _absorb(self, state: PhasedRequest, output) -> None:
-        """One phase's RequestOutput (vllm/outputs.py): the prompt-ids guard, then the replay."""
-        expected = state.prompt_ids()
-        if list(output.prompt_token_ids or []) != expected:
-            state.fail("vLLM expanded the prompt to other ids than the ones recorded for training ("
-                       + first_difference(expected, list(output.prompt_token_ids or []))
-                       + "): check that vLLM's image processor uses the same pixel budget as PolicyProcessor")
-            return
-        completion = output.outputs[0]
-        ids = list(completion.token_ids)
-        state.absorb(ids, chosen_logprobs(ids, completion.logprobs), completion.finish_reason, completion.stop_reason)
 
     # ---- weights ------------------------------------------------------------------------------
     def load_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:

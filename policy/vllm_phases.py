@@ -23,7 +23,7 @@ SamplingParams and detokenizer (tests_vllm/).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from envs.protocol import CODE_CLOSE, CODE_OPEN
 from policy.engine import GenerationRequest, GenerationResult
@@ -128,6 +128,19 @@ class PhasedRequest:
                 f"{len(token_ids)} tokens, where the request's own stops ({self.request.stop}, EOS, budget "
                 f"{self.request.sampling.max_new_tokens}) did not fire: vLLM's stop tokens differ from the engine's")
 
+    def absorb_output(self, output) -> None:
+        """One phase's vllm RequestOutput (vllm/outputs.py:129; its CompletionOutput, outputs.py:51):
+        the prompt-ids guard, then the replay."""
+        expected, got = self.prompt_ids(), list(output.prompt_token_ids or [])
+        if got != expected:
+            self.fail("vLLM expanded the prompt to other ids than the ones recorded for training ("
+                      + first_difference(expected, got) + "): check that vLLM's image processor uses "
+                      "the same pixel budget as PolicyProcessor (VLLMEngineConfig.min_pixels/max_pixels)")
+            return
+        completion = output.outputs[0]
+        ids = list(completion.token_ids)
+        self.absorb(ids, chosen_logprobs(ids, completion.logprobs), completion.finish_reason, completion.stop_reason)
+
     def fail(self, message: str) -> None:
         self.finish_reason, self.error = "error", message
 
@@ -138,6 +151,13 @@ class PhasedRequest:
                                     in_code=self.request.in_code)
         return GenerationResult(token_ids=m.token_ids, logprobs=m.logprobs, finish_reason=self.finish_reason,
                                 text=decode(m.token_ids), stop_string=m.stop_string, in_code=m.in_code)
+
+
+def chosen_logprobs(token_ids: Sequence[int], per_token: Sequence[Mapping[int, Any]] | None) -> list[float]:
+    """The chosen token's log-prob from vLLM's per-position {token_id: Logprob} dicts (vllm/logprobs.py)."""
+    if per_token is None or len(per_token) != len(token_ids):
+        raise RuntimeError("vLLM returned no per-token log-probs: requests must set logprobs=0")
+    return [float(getattr(d[t], "logprob", d[t])) for t, d in zip(token_ids, per_token)]
 
 
 def first_difference(ours: list[int], theirs: list[int]) -> str:
