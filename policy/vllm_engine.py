@@ -122,6 +122,24 @@ def weight_update_info(bucket: Sequence[tuple[str, Sequence[int], str]]) -> dict
             "shapes": [[int(x) for x in shape] for _, shape, _ in bucket]}
 
 
+def llm_kwargs(model_path: str | Path, cfg: VLLMEngineConfig, processor: PolicyProcessor) -> dict[str, Any]:
+    """vllm.LLM's keyword arguments (vllm/entrypoints/llm.py:178; the ones it does not name go to
+    vllm.EngineArgs, vllm/engine/arg_utils.py)."""
+    kwargs: dict[str, Any] = dict(
+        model=str(model_path), dtype=cfg.dtype, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.tensor_parallel_size,
+        max_num_seqs=cfg.max_num_seqs, enable_prefix_caching=cfg.enable_prefix_caching,
+        enforce_eager=cfg.enforce_eager, logprobs_mode="raw_logprobs",
+        limit_mm_per_prompt={"image": cfg.max_images_per_prompt},
+        mm_processor_kwargs={"min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels},
+        worker_extension_cls=WORKER_EXTENSION,
+        weight_transfer_config={"backend": "nccl"},  # vllm/config/weight_transfer.py:9
+    )
+    if cfg.distributed_executor_backend is not None:
+        kwargs["distributed_executor_backend"] = cfg.distributed_executor_backend
+    return kwargs
+
+
 # ---- inside vLLM's workers ------------------------------------------------------------------------
 class ThymeWorkerExtension:
     """Mixed into vLLM's GPU workers (worker_extension_cls, vllm/v1/worker/worker_base.py:296).
@@ -146,19 +164,7 @@ class VLLMEngine(Engine):
         self.config = cfg = config or VLLMEngineConfig()
         self._processor = PolicyProcessor.from_pretrained(model_path, cfg.min_pixels, cfg.max_pixels)
         self.token_bytes = TokenBytes(self._processor.tokenizer)
-        extra = {} if cfg.distributed_executor_backend is None else {
-            "distributed_executor_backend": cfg.distributed_executor_backend}
-        self.llm = vllm.LLM(  # vllm/entrypoints/llm.py:178; unknown keywords go to EngineArgs
-            model=str(model_path), dtype=cfg.dtype, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.tensor_parallel_size,
-            max_num_seqs=cfg.max_num_seqs, enable_prefix_caching=cfg.enable_prefix_caching,
-            enforce_eager=cfg.enforce_eager, logprobs_mode="raw_logprobs",
-            limit_mm_per_prompt={"image": cfg.max_images_per_prompt},
-            mm_processor_kwargs={"min_pixels": self._processor.min_pixels, "max_pixels": self._processor.max_pixels},
-            worker_extension_cls=WORKER_EXTENSION,
-            weight_transfer_config={"backend": "nccl"},  # vllm/config/weight_transfer.py:9
-            **extra,
-        )
+        self.llm = vllm.LLM(**llm_kwargs(model_path, cfg, self._processor))  # vllm/entrypoints/llm.py:178
         # vLLM stops at the tokenizer's EOS plus the generation config's (vllm/sampling_params.py:772);
         # the replay's monitor must know the same set.
         generation_config = self.llm.model_config.try_get_generation_config()
