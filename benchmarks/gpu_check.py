@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 
+GRPO_MAX_TOKENS = 4096
 PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "A100": 312.0e12}  # dense, no sparsity
 
 
@@ -315,7 +316,8 @@ def grpo_section(model_dir: Path, size: Size, engine, device: str) -> dict:
         paths.append(str(path))
     inputs = [EpisodeInput("What colour is the image?", [paths[k]], id=f"task{k}#{j}", seed=j)
               for k in range(groups) for j in range(per_group)]
-    config = RolloutConfig(max_turns=2, max_new_tokens_per_round=size.gen_tokens, max_total_tokens=size.seq_len)
+    # The thyme system prompt alone is ~500 tokens: episodes get their own room, whatever the learner sizes.
+    config = RolloutConfig(max_turns=2, max_new_tokens_per_round=size.gen_tokens, max_total_tokens=GRPO_MAX_TOKENS)
     t0 = time.perf_counter()
     rollout_kind = "agent loop + sandbox"
     try:
@@ -328,9 +330,12 @@ def grpo_section(model_dir: Path, size: Size, engine, device: str) -> dict:
         records = engine_only_rollout(engine, inputs, config)
     times["rollout_s"] = time.perf_counter() - t0
     rewards = [check_format(r["response_text"])[0] + 0.01 * (len(r["token_ids"]) % 7) for r in records]  # synthetic
-    outcome = build_trajectories(records, rewards, vision_ids={151652, 151653, 151655}, max_tokens=size.seq_len)
+    outcome = build_trajectories(records, rewards, vision_ids={151652, 151653, 151655}, max_tokens=GRPO_MAX_TOKENS)
+    if not outcome.trajectories:
+        raise RuntimeError(f"no trainable episode: {dict(outcome.untrainable)}, stop reasons "
+                           f"{sorted({r['stop_reason'] for r in records})}")
     dealt = deal(outcome.trajectories, mini_batches=1, num_ranks=1, micro_batches_per_rank=size.accumulation,
-                 micro_batch=size.micro_batch, seed=0)
+                 micro_batch=-(-len(outcome.trajectories) // size.accumulation), seed=0)
     sync(device)
     t0 = time.perf_counter()
     step = learner.grpo_step([dealt[0][0]], model_token_counts(dealt))

@@ -70,6 +70,9 @@ class VLLMEngineConfig:
     seed: int = 0
     min_pixels: int | None = None  # None: the model folder's preprocessor_config.json
     max_pixels: int | None = None
+    # Largest loop period vLLM's own repetition check looks for (its cost grows with it, see
+    # policy/vllm_phases.vllm_repetition_detection); None = all our detector can see.
+    repetition_max_pattern: int | None = 64
 
 
 # ---- pure conversion (tested without vLLM, and with it in tests_vllm/) -----------------------------
@@ -188,8 +191,8 @@ class VLLMEngine(Engine):
     # ---- generation ---------------------------------------------------------------------------
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         self._wait_for_rendezvous()
-        states = [PhasedRequest(r, SequenceMonitor(r.sampling, self.token_bytes, self.eos_ids, r.stop, r.in_code))
-                  for r in requests]
+        states = [PhasedRequest(r, SequenceMonitor(r.sampling, self.token_bytes, self.eos_ids, r.stop, r.in_code),
+                                max_pattern=self.config.repetition_max_pattern) for r in requests]
         while active := [s for s in states if not s.done]:
             prompts = [tokens_prompt(s.prompt_ids(), s.request.images, self._processor) for s in active]
             params = [to_sampling_params(s.sampling_kwargs()) for s in active]

@@ -130,6 +130,8 @@ def test_failed_request_is_an_error_result_and_ids_differences_are_named(table):
 def test_repetition_mapping_covers_exactly_our_detectors_range():
     cfg = RepetitionConfig(ngram=20, min_repeats=5, window=1024)
     assert vllm_repetition_detection(cfg) == {"min_pattern_size": 20, "max_pattern_size": 204, "min_count": 5}
+    assert vllm_repetition_detection(cfg, max_pattern=64)["max_pattern_size"] == 64
+    assert vllm_repetition_detection(cfg, max_pattern=5)["max_pattern_size"] == 20  # never below ngram
     assert vllm_repetition_detection(RepetitionConfig(enabled=False)) is None
 
 
