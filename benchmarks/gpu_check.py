@@ -329,7 +329,8 @@ def grpo_section(model_dir: Path, size: Size, engine, device: str) -> dict:
         rollout_kind = f"one engine round per episode (the sandbox could not start: {type(exc).__name__}: {exc})"
         records = engine_only_rollout(engine, inputs, config)
     times["rollout_s"] = time.perf_counter() - t0
-    rewards = [check_format(r["response_text"])[0] + 0.01 * (len(r["token_ids"]) % 7) for r in records]  # synthetic
+    # Synthetic rewards with spread inside each group (a random model earns none): the update is not a no-op.
+    rewards = [check_format(r["response_text"])[0] + 0.5 * (int(r["id"].rsplit("#", 1)[1]) % 2) for r in records]
     outcome = build_trajectories(records, rewards, vision_ids={151652, 151653, 151655}, max_tokens=GRPO_MAX_TOKENS)
     if not outcome.trajectories:
         raise RuntimeError(f"no trainable episode: {dict(outcome.untrainable)}, stop reasons "
@@ -390,6 +391,7 @@ def engine_only_rollout(engine, inputs, config) -> list[dict]:
 
 # ---- main -----------------------------------------------------------------------------------------
 def run_section(report: dict, name: str, fn, *args):
+    """Run one section into the report, which is written after every section (a timeout keeps what was done)."""
     started = time.perf_counter()
     try:
         value = fn(*args)
@@ -402,6 +404,7 @@ def run_section(report: dict, name: str, fn, *args):
         return None
     finally:
         report.setdefault("section_s", {})[name] = round(time.perf_counter() - started, 2)
+        save(report)
 
 
 def main() -> int:
@@ -415,8 +418,8 @@ def main() -> int:
     device = "cuda" if torch.cuda.is_available() and not args.toy else "cpu"
     size = TOY if args.toy else GPU
     skip = set(filter(None, args.skip.split(",")))
-    report: dict = {"size": "toy" if args.toy else "gpu", "device": device, "torch": torch.__version__,
-                    "python": platform.python_version()}
+    report: dict = {"out": args.out, "size": "toy" if args.toy else "gpu", "device": device, "complete": False,
+                    "torch": torch.__version__, "python": platform.python_version()}
     started = time.perf_counter()
     model_dir = Path(tempfile.mkdtemp(prefix="gpu-check-model-"))
     params = run_section(report, "model", build_model, size, model_dir, device)
@@ -439,12 +442,18 @@ def main() -> int:
     return finish(report, args.out, started)
 
 
+def save(report: dict) -> None:
+    path = Path(report["out"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))
+
+
 def finish(report: dict, out: str, started: float) -> int:
     report["total_s"] = round(time.perf_counter() - started, 1)
     failed = [k for k, v in report.items() if isinstance(v, dict) and "error" in v]
     report["failed_sections"] = failed
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=2, default=str))
+    report["complete"] = True
+    save(report)
     print(f"[gpu_check] wrote {out} in {report['total_s']} s; failed sections: {failed or 'none'}", flush=True)
     return 1 if failed else 0
 
