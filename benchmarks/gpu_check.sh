@@ -12,14 +12,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu_check}
-WHEELS=(deepspeed==0.19.8 hjson==3.1.0 py-cpuinfo==9.0.0 einops==0.8.1 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
-        autopep8==2.3.2 pycodestyle==2.14.0)
+# What the GPU image lacks (/work/.library/device/KINDS.md lists it: Python 3.12, torch, transformers, opencv, ...).
+WHEELS=(deepspeed==0.19.8 hjson==3.1.0 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 autopep8==2.3.2
+        pycodestyle==2.14.0 pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5)
+BINARY=(pydantic-core==2.50.5)  # built for the GPU machine's Python 3.12
 
 if [ "${1:-}" = "--prepare" ]; then
   PY=${PYTHON:-.venv/bin/python}
-  mkdir -p .whl
+  rm -rf .whl && mkdir -p .whl
   # DeepSpeed ships an sdist only; its wheel is pure Python (its CUDA ops are JIT-built when used; we use none).
   "$PY" -m pip wheel -q -c constraints.txt --no-deps -w .whl "${WHEELS[@]}"
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "${BINARY[@]}"
   PYTHONPATH=. "$PY" -c "from tests.qwen_vocab import ensure_qwen_tokenizer; print(ensure_qwen_tokenizer('.cache'))"
   du -sh .whl .cache/qwen25vl-tokenizer-*
   echo "carry: .whl $(find .cache -maxdepth 1 -name 'qwen25vl-tokenizer-*' | sort | tail -1)"
@@ -27,9 +31,11 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 SITE=$(mktemp -d /tmp/gpu-check-site.XXXX)
-for wheel in .whl/*.whl; do
-  [ -e "$wheel" ] && "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$SITE"
-done
+if [ "${1:-}" != "--toy" ]; then  # the toy run uses this machine's environment; the wheels are the GPU machine's
+  for wheel in .whl/*.whl; do
+    [ -e "$wheel" ] && "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$wheel" "$SITE"
+  done
+fi
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
