@@ -179,3 +179,27 @@ def test_vllm_engine_needs_vllm_or_runs_for_real(tiny_model_dir):
         logits = model(input_ids=full, mm_token_type_ids=(full == p.image_pad_id).int(), **extra).logits[0].float()
     expected = torch.log_softmax(logits[len(prompt) - 1:-1], -1).gather(1, full[0, len(prompt):, None]).squeeze(1).cpu()
     assert torch.allclose(torch.tensor(results[0].logprobs), expected, atol=0.05)
+
+
+def test_a_request_the_engine_could_not_run_ends_only_its_episode(tiny_model_dir, scratch_dir):
+    """What the prompt-ids guard returns (an "error" result) ends that episode with the engine's message;
+    the HF engine stands in for vLLM here, failing one request exactly as PhasedRequest.fail does."""
+    from envs.sandbox import Sandbox
+    from policy.agent_config import load_rollout_config
+    from policy.agent_loop import AgentLoop, EpisodeInput
+    from policy.hf_engine import HFEngine
+
+    class GuardedEngine(HFEngine):
+        def generate(self, requests):
+            results = super().generate(requests)
+            failed = phased(requests[0], TokenBytes(self.tokenizer))
+            failed.fail("vLLM expanded the prompt to other ids (test)")
+            return [failed.result(self.tokenizer.decode)] + results[1:]
+
+    path = scratch_dir / "guard.png"
+    Image.new("RGB", (64, 64), "red").save(path)
+    config = load_rollout_config(overrides={"max_new_tokens_per_round": 4, "max_turns": 1})
+    with Sandbox() as sandbox, AgentLoop(GuardedEngine(tiny_model_dir), sandbox, config) as loop:
+        bad, good = loop.run([EpisodeInput("Q", [str(path)]), EpisodeInput("Q", [str(path)])], SamplingSettings.greedy())
+    assert bad.stop_reason == "error" and "other ids" in bad.error and bad.spans("model") == []
+    assert good.stop_reason != "error" and good.spans("model")
