@@ -1,0 +1,115 @@
+"""A few plain-torch SFT steps that turn the tiny random model into a policy whose sampled replies are
+short Thyme replies naming one of several answers, and sometimes a code block first: GRPO groups then
+get rewards that differ, and rollouts exercise the sandbox.
+
+For tests and benchmarks of the RL machinery only (a random model's rewards are all 0: every group has
+zero variance and nothing would train). The prompt is built exactly as the agent loop builds it
+(PolicyProcessor.chat_prompt_ids over the prompt contract's user text), so rollouts see the context
+that was trained; only the reply tokens are trained.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
+QUESTION = "What color is the image?"
+CODE_REPLY = "<code>\n```python\nprint(2 + 3)\n```\n</code>"
+RECIPE = {"sequences": 48, "steps": 40, "lr": 3e-3, "batch": 6, "seed": 0, "version": 2}
+
+
+def colour_images(folder: str | Path, size: tuple[int, int] = (112, 84)) -> dict[str, str]:
+    """One plain image per colour under `folder`: {colour: path}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rgb in COLOURS.items():
+        path = folder / f"{name}.png"
+        if not path.exists():
+            Image.new("RGB", size, rgb).save(path)
+        paths[name] = str(path)
+    return paths
+
+
+def _sequences(processor, images: dict[str, str], n: int, rng: random.Random) -> list[tuple[list[int], int]]:
+    """(ids, reply start) pairs: the agent loop's prompt for a colour image, then a reply that names a
+    random colour (so the policy is unsure), a third of them a code block instead."""
+    from policy.prompts import load_prompt_config
+
+    prompt = load_prompt_config()
+    out = []
+    for i in range(n):
+        path = images[rng.choice(sorted(images))]
+        image = Image.open(path).convert("RGB")
+        user = prompt.user_text(QUESTION, path, image.width, image.height)
+        ids = processor.chat_prompt_ids(prompt.system, user, [image])
+        reply = CODE_REPLY if i % 3 == 0 else f"<answer>{rng.choice(sorted(COLOURS))}</answer><|im_end|>"
+        out.append((ids + processor.tokenizer.encode(reply, add_special_tokens=False), len(ids)))
+    return out
+
+
+def warm_start(model_dir: str | Path, out_dir: str | Path, images_dir: str | Path, **recipe) -> Path:
+    """Train `model_dir` on replies about the colour images in `images_dir` (RL prompts should show
+    the same paths) and save it to `out_dir`."""
+    from learners.losses import next_token_logprobs
+    from policy.model import load_policy
+
+    r = {**RECIPE, **recipe}
+    torch.manual_seed(r["seed"])
+    model, processor = load_policy(model_dir)
+    images = colour_images(images_dir)
+    data = _sequences(processor, images, r["sequences"], random.Random(r["seed"]))
+    pixels = {path: processor.pixel_inputs([Image.open(path).convert("RGB")]) for path in images.values()}
+    any_pixels = next(iter(pixels.values()))
+    pad = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=r["lr"])
+    model.train()
+    for step in range(r["steps"]):
+        chunk = [data[(step * r["batch"] + k) % len(data)] for k in range(r["batch"])]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad)
+        mask = torch.zeros_like(ids)
+        trained = torch.zeros((len(chunk), width - 1))
+        for row, (seq, start) in enumerate(chunk):
+            ids[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = 1
+            trained[row, start - 1:len(seq) - 1] = 1  # position t predicts token t + 1
+        # Every image of the set has the same size, so one image's pixels repeated fit every row.
+        inputs = {"input_ids": ids, "attention_mask": mask,
+                  "pixel_values": any_pixels["pixel_values"].repeat(len(chunk), 1),
+                  "image_grid_thw": any_pixels["image_grid_thw"].repeat(len(chunk), 1),
+                  "mm_token_type_ids": (ids == processor.image_pad_id).int()}
+        logprobs = next_token_logprobs(model(**inputs).logits, ids)
+        loss = -(logprobs * trained).sum() / trained.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def ensure_warm_started(model_dir: str | Path, cache_root: str | Path) -> tuple[Path, dict[str, str]]:
+    """warm_start(model_dir) cached under cache_root (keyed on the model folder and the recipe), and the
+    colour images it was trained on ({colour: path})."""
+    images = colour_images(Path(cache_root) / "colour-images")
+    key = hashlib.sha256(f"{Path(model_dir).resolve()}|{sorted(RECIPE.items())}".encode()).hexdigest()[:12]
+    target = Path(cache_root) / f"warm-start-{key}"
+    if (target / "config.json").is_file():
+        return target, images
+    tmp = Path(tempfile.mkdtemp(prefix=".warm-build-", dir=cache_root))
+    warm_start(model_dir, tmp, Path(cache_root) / "colour-images")
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another session finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, images
