@@ -92,7 +92,7 @@ def collapse_image_placeholders(ids: Sequence[int], vision_start: int, image_pad
 
 
 def tokens_prompt(prompt_ids: Sequence[int], images: Sequence, processor: PolicyProcessor) -> dict[str, Any]:
-    """A vllm TokensPrompt (a TypedDict, vllm/inputs/: a plain dict) with collapsed image placeholders."""
+    """A vllm TokensPrompt (a TypedDict, vllm/inputs/llm.py:111: a plain dict) with collapsed image placeholders."""
     processor.check_prompt(prompt_ids, images)
     prompt: dict[str, Any] = {"prompt_token_ids": collapse_image_placeholders(
         prompt_ids, processor.vision_start_id, processor.image_pad_id, processor.vision_end_id)}
