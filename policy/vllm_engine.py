@@ -215,7 +215,8 @@ class VLLMEngine(Engine):
 
         vLLM's workers block inside init_weight_transfer_engine until every rank has joined
         (vllm/distributed/weight_transfer/nccl_common.py:139, StatelessProcessGroup + PyNcclCommunicator),
-        so the call runs on a side thread; generate and receive_weights wait for it first.
+        so the call runs on a side thread; generate and receive_weights wait for it first. The sender
+        must join within 300 s (StatelessProcessGroup's store timeout, vllm/distributed/utils.py:471).
         """
         if self._rendezvous is not None:
             raise RuntimeError("start_weight_receiver was already called for this engine")
