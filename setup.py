@@ -17,11 +17,13 @@ setup(
         "torch>=2.6,<2.14",
         "transformers>=5.16.1,<5.20",
         "tokenizers>=0.23.2",
-        "ray>=2.40,<3",
+        # The default extra brings the dashboard and the job server: `ray job submit` needs them.
+        "ray[default]>=2.40,<3",
         "deepspeed>=0.16,<0.20",
         "hydra-core>=1.3,<1.4",
         "omegaconf>=2.3,<2.4",
         "wandb>=0.18",
+        "wandb-workspaces>=0.4",  # python -m launch.wandb_dashboard imports the saved dashboard
         "autopep8>=2.0,<3",
         "opencv-python-headless>=4.13.0",
         "pillow>=12.3.0",

@@ -19,15 +19,17 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.reward_actor import create_reward_actor
 from actors.rollout_actor import RolloutActor
-from actors.sandbox_pool import SandboxPool
+from actors.sandbox_pool import MAX_RESTARTS, SandboxPool
 
 log = logging.getLogger(__name__)
+# Rollout, sandbox and reward actors come back after a crash (MAX_RESTARTS; a restarted engine gets
+# the current weights from the trainer before it generates again); learners do not: their state is the run's.
 
 
 class RLWorkers:
     def __init__(self, cluster, learner_settings: dict, model_path: str, *, rollout: dict, sandbox: dict,
                  reward: dict | None, judge: dict | None, reference_settings: dict | None = None,
-                 ready_timeout_s: float = 600):
+                 prompt: dict | None = None, ready_timeout_s: float = 600):
         from learners.learner_actor import GRPOLearnerActor, LearnerGroup, ReferenceActor
 
         c = cluster
@@ -50,12 +52,13 @@ class RLWorkers:
                 raise TimeoutError(f"the cluster could not place {c.rollout_engines} rollout engine(s) with {bundle} "
                                    f"each within {ready_timeout_s:.0f} s; lower cluster.rollout_engines")
             self.engines = [
-                RolloutActor.options(num_cpus=c.cpus_per_engine, num_gpus=c.gpus_per_engine,
+                RolloutActor.options(num_cpus=c.cpus_per_engine, num_gpus=c.gpus_per_engine, max_restarts=MAX_RESTARTS,
                                      scheduling_strategy=PlacementGroupSchedulingStrategy(
                                          self.engine_group, placement_group_bundle_index=i)).remote(
-                    model_path, rollout=rollout, sandbox_pool=self.sandbox_pool)
+                    model_path, rollout=rollout, sandbox_pool=self.sandbox_pool, prompt=prompt)
                 for i in range(c.rollout_engines)]
-            self.reward, self.judge_group = create_reward_actor(reward, judge, num_cpus=c.reward_cpus)
+            self.reward, self.judge_group = create_reward_actor(reward, judge, num_cpus=c.reward_cpus,
+                                                                max_restarts=MAX_RESTARTS)
             ray.get([e.stats.remote() for e in self.engines])  # engines loaded (raises their start-up error here)
         except BaseException:
             self.shutdown()

@@ -32,7 +32,10 @@ class _PoolEpisode:
     def run(self, code: str):
         from envs.sandbox import RunResult
 
-        return RunResult(**self.pool.run(self.id, code))
+        result = self.pool.run(self.id, code)
+        if result.pop("lost", False):  # the sandbox actor restarted under this episode: not the model's fault
+            raise RuntimeError(result["error"])
+        return RunResult(**result)
 
     def close(self) -> None:
         self.pool.end_episode(self.id)
@@ -77,11 +80,13 @@ def episode_inputs(prompts: list[dict], n_samples: int) -> list[EpisodeInput]:
 
 class RolloutActorImpl:
     def __init__(self, model_dir: str | Path, rollout: dict | None = None, sandbox_pool=None,
-                 sandbox: dict | None = None, device: str | None = None, dtype: str | None = None):
+                 sandbox: dict | None = None, device: str | None = None, dtype: str | None = None,
+                 prompt: dict | None = None):
         """model_dir: the policy checkpoint. rollout: overrides of conf/rollout/default.yaml.
         sandbox_pool: a SandboxPool handle to share; without one the actor starts its own Sandbox
         (sandbox: overrides of conf/sandbox/default.yaml). device/dtype: for the HF engine, default
-        cuda when the actor has a GPU."""
+        cuda when the actor has a GPU. prompt: the prompt contract's fields (system, user_template),
+        as the run's SFT stages used them; default conf/prompt/thyme.yaml."""
         self.config = load_rollout_config(overrides=rollout)
         if device is None and self.config.engine == "hf":
             import torch
@@ -99,7 +104,9 @@ class RolloutActorImpl:
 
             self._own_sandbox = Sandbox(sandbox or {}).start()
             self.sandbox = self._own_sandbox
-        self.loop = AgentLoop(self.engine, self.sandbox, self.config)
+        from policy.prompts import PromptConfig
+
+        self.loop = AgentLoop(self.engine, self.sandbox, self.config, prompt=PromptConfig(**prompt) if prompt else None)
         self.weight_version = 0  # how many training steps made the engine's weights (GRPO's staleness check)
         self._episodes_done = 0
 

@@ -38,8 +38,9 @@ class SandboxActorImpl:
     def run(self, episode_id: str, code: str, timeout_s: float | None = None) -> dict:
         episode = self.episodes.get(episode_id)
         if episode is None:
+            # "lost": the episode is not on this actor (ended, or the actor restarted and its processes died).
             return {"ok": False, "stdout": "", "error": f"unknown or ended episode {episode_id!r}", "images": [],
-                    "timed_out": False, "fixes": [], "duration_s": 0.0}
+                    "timed_out": False, "fixes": [], "duration_s": 0.0, "lost": True}
         return episode.run(code, timeout_s=timeout_s).to_dict()
 
     def end_episode(self, episode_id: str) -> None:
@@ -60,6 +61,8 @@ class SandboxActorImpl:
         self.sandbox.close()
 
 
+MAX_RESTARTS = 4  # per actor: a crash is survived, a crash loop is not
+
 # Threaded actor: episodes run side by side (the Sandbox is thread-safe, the servers do the work).
 SandboxActor = ray.remote(max_concurrency=256)(SandboxActorImpl)
 
@@ -73,7 +76,9 @@ class SandboxPool:
             if n_actors < 1:
                 raise ValueError(f"SandboxPool needs at least one actor, got n_actors={n_actors}")
             cfg = asdict(config) if isinstance(config, SandboxConfig) else dict(config or {})
-            actors = [SandboxActor.options(num_cpus=num_cpus).remote(cfg) for _ in range(n_actors)]
+            # A dead actor comes back (its episodes are lost: their next round fails, the trainer retries them).
+            actors = [SandboxActor.options(num_cpus=num_cpus, max_restarts=MAX_RESTARTS).remote(cfg)
+                      for _ in range(n_actors)]
         self.actors = list(actors)
         self._next = itertools.count()
         self._live = [0] * len(self.actors)

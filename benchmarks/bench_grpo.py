@@ -28,7 +28,7 @@ PHASES = ("generate_s", "reward_s", "logprob_s", "update_s", "sync_s", "other_s"
 def run_once(model_dir: str, images: dict, out: Path, steps: int, per_step: int, learners: int, overlap: bool) -> list[dict]:
     from learners.grpo_trainer import GRPOTrainer
     from learners.train_config import from_dict
-    from learners.warm_start import CODE_REPLY, QUESTION
+    from learners.warm_start import CODE_REPLY, QUESTION, TEST_PROMPT
 
     colours = sorted(images)
     prompts = [{"id": f"p{i}", "question": QUESTION, "image_paths": [images[colours[i % 3]]], "answer": colours[i % 3],
@@ -43,7 +43,7 @@ def run_once(model_dir: str, images: dict, out: Path, steps: int, per_step: int,
         "logging": {"wandb_mode": "disabled"}, "checkpoint": {"every_steps": 0, "keep_last": 1},
     })
     rollout = {"max_new_tokens_per_round": 48, "max_turns": 3, "engine_options": {"torch_threads": 1}}
-    trainer = GRPOTrainer(config, model_dir, prompts, rollout=rollout, sandbox={}, show_progress=False)
+    trainer = GRPOTrainer(config, model_dir, prompts, rollout=rollout, sandbox={}, prompt=TEST_PROMPT, show_progress=False)
     started = time.perf_counter()
     result = trainer.run()
     print(f"  overlap={'on' if overlap else 'off'}: {result.steps} steps in {time.perf_counter() - started:.1f} s "

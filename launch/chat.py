@@ -4,18 +4,21 @@
 
 The flags are this command's fixed interface; every other setting (limits, sampling, ATS) comes from
 conf/rollout/default.yaml, changed with `--set key=value` (e.g. --set max_turns=3
---set sampling.temperature=0).
+--set sampling.temperature=0), and the sandbox's from conf/sandbox/default.yaml, changed with
+`--sandbox key=value` (e.g. --sandbox max_image_pixels=60000000 for a larger trusted image).
+The images and the model folder are checked before the model loads.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from launch.input_checks import image_problem, staged_paths_to_user_paths
 from policy.agent_config import load_rollout_config
 from policy.agent_engine import make_engine
 from policy.agent_loop import AgentLoop, EpisodeInput
 from policy.agent_transcript import format_transcript
+from policy.model_dir import model_dir_problem
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -26,6 +29,16 @@ def parse_overrides(items: list[str]) -> dict:
         return OmegaConf.to_container(OmegaConf.from_dotlist(items)) if items else {}
     except Exception as exc:  # noqa: BLE001  (omegaconf raises several kinds)
         raise SystemExit(f"bad --set value in {items}: {exc}; use key=value, e.g. --set max_turns=3") from None
+
+
+def sandbox_settings(items: list[str]):
+    """conf/sandbox/default.yaml with `--sandbox key=value` overrides, refused with the reason when invalid."""
+    from envs.sandbox.config import load_sandbox_config
+
+    try:
+        return load_sandbox_config(items)
+    except Exception as exc:  # noqa: BLE001  (omegaconf and the config's own validation raise several kinds)
+        raise SystemExit(f"bad --sandbox setting in {items}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,27 +54,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a conf/rollout setting")
+    parser.add_argument("--sandbox", dest="sandbox_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a conf/sandbox setting (e.g. --sandbox max_image_pixels=60000000)")
     parser.add_argument("--no-colour", action="store_true")
     args = parser.parse_args(argv)
 
+    # Every input is checked before the model loads: a mistake costs a second, not a model load.
+    sandbox_config = sandbox_settings(args.sandbox_overrides)
     for path in args.image:
-        if not Path(path).is_file():
-            raise SystemExit(f"--image {path}: no such file")
+        problem = image_problem(path, sandbox_config)
+        if problem:
+            raise SystemExit(problem)
+    problem = model_dir_problem(args.model, "--model")
+    if problem:
+        raise SystemExit(problem)
     overrides = parse_overrides(args.overrides)
     overrides["save_images_dir"] = args.out
     if args.greedy:
         overrides.setdefault("sampling", {}).update(temperature=0.0, code_temperature=0.0, ats=False)
-    config = load_rollout_config(overrides=overrides)
+    try:
+        config = load_rollout_config(overrides=overrides)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise SystemExit(f"bad --set value: {exc}") from None
     engine = make_engine(args.model, config.engine, device=args.device, dtype=args.dtype,
                          options=config.engine_options)
     from envs.sandbox import Sandbox
 
     episode = EpisodeInput(question=args.question, image_paths=args.image, id="chat",
                            assistant_prefix=args.prefix, seed=args.seed)
-    with Sandbox() as sandbox, AgentLoop(engine, sandbox, config) as loop:
+    with Sandbox(sandbox_config) as sandbox, AgentLoop(engine, sandbox, config) as loop:
         [record] = loop.run([episode])
     colour = sys.stdout.isatty() and not args.no_colour
-    print(format_transcript(record, engine.tokenizer, colour=colour))
+    # The sandbox reports its staged copy of an input; the user knows their own file.
+    print(staged_paths_to_user_paths(format_transcript(record, engine.tokenizer, colour=colour), args.image))
     # Exit 1 only when the conversation could not start (input, sandbox); an episode the model itself
     # ended badly (e.g. by writing image placeholder tokens) is a finished chat whose transcript says why.
     return 1 if record.error is not None and record.model_tokens == 0 else 0

@@ -3,9 +3,12 @@
     python -m launch.eval --model DIR --tasks DIR [--out DIR] [--limit N] [--device cuda --dtype bfloat16]
 
 Prints a table per category (accuracy, code-use rate, code-success rate, mean turns) and writes
-OUT/summary.json and OUT/predictions.jsonl. Settings come from conf/eval/default.yaml and
-conf/rollout/default.yaml; the flags above are this command's fixed interface, `--set key=value`
-changes an eval setting and `--rollout key=value` a rollout one.
+OUT/summary.json and OUT/predictions.jsonl, and logs a W&B run (conf/eval wandb_mode: offline by
+default, into OUT/wandb) in the group of the training run that wrote the checkpoint: the table per
+category and sample transcripts with their images. Settings come from conf/eval/default.yaml,
+conf/rollout/default.yaml and conf/sandbox/default.yaml; the flags above are this command's fixed
+interface, `--set key=value` changes an eval setting, `--rollout key=value` a rollout one and
+`--sandbox key=value` a sandbox one.
 
 Accuracy uses the rewards rule checker (rewards/rules.py: exact text, choices, yes/no, numbers,
 math-verify); answers the rules cannot decide count as wrong and are reported as "undecided" (the
@@ -93,18 +96,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--set", dest="eval_overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--rollout", dest="rollout_overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--sandbox", dest="sandbox_overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+
+    # Settings and inputs are checked before the model loads.
+    from launch.chat import sandbox_settings
+    from launch.input_checks import task_dir_problem
+    from policy.model_dir import model_dir_problem
 
     overrides = parse_overrides(args.eval_overrides)
     for key in ("out", "limit", "device", "dtype"):
         value = getattr(args, key)
         if value is not None:
             overrides["out_dir" if key == "out" else key] = value
-    cfg = load_eval_config(overrides=overrides)
     rollout = parse_overrides(args.rollout_overrides)
-    rollout.setdefault("max_new_tokens_per_round", cfg.max_new_tokens_per_round)
-    rollout.setdefault("max_turns", cfg.max_turns)
-    rollout_cfg = load_rollout_config(overrides=rollout)
+    try:
+        cfg = load_eval_config(overrides=overrides)
+        rollout.setdefault("max_new_tokens_per_round", cfg.max_new_tokens_per_round)
+        rollout.setdefault("max_turns", cfg.max_turns)
+        rollout_cfg = load_rollout_config(overrides=rollout)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"bad --set / --rollout value: {exc}") from None
+    sandbox_config = sandbox_settings(args.sandbox_overrides)
+    problem = task_dir_problem(args.tasks) or model_dir_problem(args.model, "--model")
+    if problem:
+        raise SystemExit(problem)
 
     from tqdm import tqdm
 
@@ -114,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from policy.agent_loop import AgentLoop, EpisodeInput
     from policy.engine import SamplingSettings
 
-    tasks = load_tasks(args.tasks)
+    try:
+        tasks = load_tasks(args.tasks)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--tasks {args.tasks}: {exc}") from None
     if cfg.split is not None:
         tasks = [t for t in tasks if t.split == cfg.split]
     tasks = tasks[:cfg.limit] if cfg.limit else tasks
@@ -126,8 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     greedy = SamplingSettings.greedy(repetition_stop=rollout_cfg.sampling.repetition_stop)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from launch.eval_wandb import EvalLogger, pick_samples
+
+    wandb_log = EvalLogger(cfg.wandb_mode, cfg.wandb_project, str(args.model), out_dir,
+                           {"model": str(args.model), "tasks": str(args.tasks), "eval": asdict(cfg),
+                            "rollout": asdict(rollout_cfg)}, cfg.wandb_samples)
+    samples = pick_samples([{"id": t.id, "category": t.category} for t in tasks], cfg.wandb_samples)
     rows, stats = [], defaultdict(float)
-    with Sandbox() as sandbox, AgentLoop(engine, sandbox, rollout_cfg) as loop, \
+    with Sandbox(sandbox_config) as sandbox, AgentLoop(engine, sandbox, rollout_cfg) as loop, \
             tqdm(total=len(tasks), desc="eval", unit="task") as bar, \
             open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as predictions:
         for start in range(0, len(tasks), cfg.batch_size):
@@ -141,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                 row = prediction_row(record, task, check)
                 rows.append(row)
                 predictions.write(json.dumps(row, ensure_ascii=False) + "\n")
+                if task.id in samples:
+                    wandb_log.add(row, record, engine.tokenizer, num_inputs=len(task.image_paths))
     summary = summarise(rows)
+    wandb_log.finish(summary)
     report = {"model": str(args.model), "tasks": str(args.tasks), "checker": checker_name,
               "decoding": "greedy (temperature 0, ATS off)", "categories": summary, "timing_s": dict(stats),
               "eval_config": asdict(cfg)}

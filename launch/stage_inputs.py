@@ -95,6 +95,13 @@ def encode_stage(config: TrainConfig, model_path: str, prompt_cfg: dict):
     examples, report = encode_rows(rows, processor, prompt_cfg.get("system"), rules, length_filter,
                                    desc=f"encoding {config.stage.name} rows")
     log.info("%s data from %s: %s", config.stage.name, source, report.summary())
+    if not examples:  # a file of another kind (a task manifest, RL rows) is named as such, with what to use
+        from launch.input_checks import unrecognised_rows
+
+        given = config.data.math_path if config.stage.data == "math" and config.data.math_path else config.data.sft_path
+        kind = unrecognised_rows(given) if given else None
+        if kind:
+            raise ConfigError(f"{'data.math_path' if given == config.data.math_path else 'data.sft_path'}={given}: {kind}")
     validate_data_size(config, len(examples), source)
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
@@ -150,10 +157,10 @@ def prepare_stage(config: TrainConfig, stage_cfg: DictConfig, base_model: str) -
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"rollout (with stage.grpo.sampling): {exc}") from exc
         log.info("%s prompts: %s", config.stage.name, note)
-        sections = {k: _section(stage_cfg, k) for k in ("sandbox", "reward", "judge")}
+        sections = {k: _section(stage_cfg, k) for k in ("sandbox", "reward", "judge", "prompt")}
         return StageInputs(f"{len(prompts)} RL prompts", lambda cfg, path: GRPOTrainer(
             cfg, path, prompts, rollout=rollout, sandbox=sections["sandbox"], reward=sections["reward"] or None,
-            judge=sections["judge"] or None))
+            judge=sections["judge"] or None, prompt=sections["prompt"] or None))
     from learners.sft_trainer import SFTTrainer
 
     examples, pad_id, image_pad_id = encode_stage(config, base_model, _section(stage_cfg, "prompt"))

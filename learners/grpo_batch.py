@@ -26,24 +26,23 @@ def prompt_id(episode_id: str) -> str:
 def untrainable_reason(record: dict, vision_ids: set[int], max_tokens: int) -> str | None:
     """Why an episode cannot be trained on, or None.
 
-    - no model tokens: the episode never reached the model (a missing input image, a sandbox that
-      could not start);
+    - sandbox failed: the sandbox itself failed under it (could not start it, or died under a code
+      run), so it says nothing about the model (the trainer first runs such groups again);
+    - no model tokens: the episode never reached the model (a missing or corrupt input image);
     - image placeholders: the model wrote `<|vision_start|>` / `<|image_pad|>` itself; the learner
       cannot feed those without pixels;
-    - overlong: longer than the learner takes (stage.grpo.max_train_tokens);
-    - sandbox failed: the sandbox process died under one of its code runs, so its reply says
-      nothing about the model's code.
+    - overlong: longer than the learner takes (stage.grpo.max_train_tokens).
     """
     mask = record["loss_mask"]
     ids = record["token_ids"]
+    if record.get("sandbox_failed") or any(run.get("sandbox_failed") for run in record.get("code_runs", [])):
+        return "sandbox_failed"
     if int(sum(mask)) == 0:
         return "no_model_tokens"
     if any(m and int(t) in vision_ids for t, m in zip(ids, mask)):
         return "image_placeholders"
     if len(ids) > max_tokens:
         return "overlong"
-    if any(run.get("sandbox_failed") for run in record.get("code_runs", [])):
-        return "sandbox_failed"
     return None
 
 

@@ -27,8 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import ray
-from tqdm import tqdm
 
+from learners import run_identity
 from learners.checkpoint_io import commit, latest_checkpoint, prune, temp_dir_for
 from learners.grpo_batch import build_trajectories, deal, model_token_counts
 from learners.grpo_config import grpo_settings
@@ -39,22 +39,25 @@ from learners.learner import LearnerSettings
 from learners.rl_data import episode_seed, refill_prompts, step_prompts
 from learners.sft_trainer import StageResult
 from learners.train_config import ConfigError, TrainConfig
-from learners.train_logging import TrainLogger
+from learners.train_logging import TrainLogger, emit
+from learners.wandb_run import pipeline_group
 from learners.weight_sync import make_weight_sync
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 _IDENTITY = ("num_prompts", "global_batch", "group_size", "seed", "total_steps", "model_path")
+SANDBOX_RETRIES = 2  # rounds of re-running groups the sandbox failed under
 
 
 class GRPOTrainer:
     def __init__(self, config: TrainConfig, model_path: str, prompts: list[dict], *, rollout: dict, sandbox: dict,
-                 reward: dict | None = None, judge: dict | None = None, show_progress: bool = True):
+                 reward: dict | None = None, judge: dict | None = None, prompt: dict | None = None,
+                 show_progress: bool = True):
         from policy.multimodal import PolicyProcessor
 
         self.config, self.model_path, self.prompts = config, model_path, prompts
-        self.sandbox_cfg, self.reward_cfg, self.judge_cfg = sandbox, reward, judge
+        self.sandbox_cfg, self.reward_cfg, self.judge_cfg, self.prompt_cfg = sandbox, reward, judge, prompt
         self.show_progress = show_progress
         s, c = config.stage, config.cluster
         self.grpo = grpo_settings(s.grpo, s.global_batch, s.micro_batch, c.num_learners)
@@ -75,6 +78,8 @@ class GRPOTrainer:
         self.vision_ids = {processor.vision_start_id, processor.vision_end_id, processor.image_pad_id}
         self.checkpoint_dir = config.stage_dir / "checkpoints"
         self.metrics_path = config.stage_dir / METRICS_FILE
+        # The full resolved config the stage folder records (launch.train sets every Hydra group).
+        self.resolved = asdict(config)
 
     # ---- actors ---------------------------------------------------------------------------------
     def learner_settings(self, role: str = "learner") -> dict:
@@ -93,7 +98,7 @@ class GRPOTrainer:
         from actors.rl_workers import RLWorkers
 
         return RLWorkers(self.config.cluster, self.learner_settings(), self.model_path, rollout=self.rollout_cfg,
-                         sandbox=self.sandbox_cfg, reward=self.reward_cfg, judge=self.judge_cfg,
+                         sandbox=self.sandbox_cfg, reward=self.reward_cfg, judge=self.judge_cfg, prompt=self.prompt_cfg,
                          reference_settings=self.learner_settings("reference") if self.reference_mode == "separate" else None)
 
     # ---- checkpoints ----------------------------------------------------------------------------
@@ -152,6 +157,29 @@ class GRPOTrainer:
         indices = step_prompts(len(self.prompts), self.prompts_per_step, seed=self.config.seed, step=step)
         return self._submit(workers, step, indices)
 
+    def _collect(self, workers, pending: PendingRollouts) -> StepRollouts:
+        return pending.collect(workers.reward, self.show_progress, recover=lambda engine: self._recover(workers, engine))
+
+    def _recover(self, workers, engine) -> None:
+        """A restarted engine holds the stage's first weights: once it is up, it gets the current ones."""
+        self.sync.reload(engine, self.version)
+
+    def _retry_lost_sandboxes(self, workers, step: int, rollouts: StepRollouts, counts: dict) -> StepRollouts:
+        """Groups in which the sandbox itself failed (a sandbox actor died under them) run again, same seeds."""
+        from learners.grpo_batch import prompt_id
+
+        for attempt in range(1, SANDBOX_RETRIES + 1):
+            lost = sorted({prompt_id(r["id"]) for r in rollouts.records if r.get("sandbox_failed")})
+            if not lost:
+                break
+            log.warning("step %d: the sandbox failed under %d group(s); running them again (attempt %d)",
+                        step + 1, len(lost), attempt)
+            counts["sandbox_retried_groups"] = counts.get("sandbox_retried_groups", 0) + len(lost)
+            again = PendingRollouts(workers.engines, [rollouts.prompts[g] for g in lost], self.grpo.group_size,
+                                    self.rollout_cfg["sampling"], f"step {step + 1} sandbox retry {attempt}")
+            rollouts.replace_groups(self._collect(workers, again))
+        return rollouts
+
     def _fresh(self, workers, step: int, rollouts: StepRollouts, counts: dict) -> StepRollouts:
         """Regenerate rollouts made with weights more than max_staleness versions behind `step`."""
         oldest = min(rollouts.versions)
@@ -162,7 +190,7 @@ class GRPOTrainer:
                     step + 1, oldest, step - oldest, self.grpo.max_staleness)
         counts["stale_regenerated"] = len(rollouts.records)
         counts["staleness"] = 0
-        return self.submit_step(workers, step).collect(workers.reward, self.show_progress)
+        return self._collect(workers, self.submit_step(workers, step))
 
     def _trainable(self, workers, step: int, rollouts: StepRollouts, counts: dict):
         """Trajectories with advantages; with zero_variance=drop, dropped groups refilled from new prompts."""
@@ -177,7 +205,7 @@ class GRPOTrainer:
             if missing == 0:
                 break
             indices = refill_prompts(len(self.prompts), missing, seed=self.config.seed, step=step, round_=round_)
-            extra = self._submit(workers, step, indices, salt=round_).collect(workers.reward, self.show_progress)
+            extra = self._collect(workers, self._submit(workers, step, indices, salt=round_))
             rollouts.generate_s += extra.generate_s
             rollouts.reward_s += extra.reward_s
             more = build_trajectories(extra.records, [r["total"] for r in extra.rewards], **build)
@@ -217,8 +245,9 @@ class GRPOTrainer:
         return workers.learners.call("grpo_step", per_rank, [tokens] * c.num_learners)
 
     def _train_step(self, workers, step: int, rollouts: StepRollouts, next_step=None) -> tuple[dict, object]:
-        counts: dict = {}
+        counts: dict = {"engine_restarts": rollouts.engine_restarts}
         rollouts = self._fresh(workers, step, rollouts, counts)
+        rollouts = self._retry_lost_sandboxes(workers, step, rollouts, counts)
         trajectories = self._trainable(workers, step, rollouts, counts)
         pending = next_step() if next_step else None  # overlap: the next step generates while this one trains
         if not trajectories:
@@ -249,9 +278,14 @@ class GRPOTrainer:
     def run(self, workers=None, stop_at: int | None = None) -> StageResult:
         """Train to the end of the stage (or stop after step `stop_at`, keeping the full stage's
         schedule, as a preempted job would) and write the final checkpoint."""
+        cfg = self.config
+        fingerprint = run_identity.prompts_fingerprint(self.prompts)
+        run_identity.check_resume(cfg.stage_dir, self.resolved, cfg.checkpoint.resume,
+                                  ignore=run_identity.UNUSED_BY_GRPO, fingerprint=fingerprint)
         done = self.completed()
         if done is not None:
             return done
+        self.record = run_identity.begin(cfg.stage_dir, cfg.stage.name, self.resolved, cfg.checkpoint.resume, fingerprint)
         own = workers is None
         workers = workers or self.start_workers()
         try:
@@ -263,27 +297,29 @@ class GRPOTrainer:
     def _run(self, workers, stop_at: int | None) -> StageResult:
         cfg = self.config
         start, history = self.resume(workers)
-        sync = make_weight_sync(self.engine_kind, workers.learners, workers.engines, cfg.cluster.gpus_per_engine,
-                                self.grpo.weight_sync_bucket_mb)
+        self.version = start
+        self.sync = sync = make_weight_sync(self.engine_kind, workers.learners, workers.engines,
+                                            cfg.cluster.gpus_per_engine, self.grpo.weight_sync_bucket_mb)
         if start:  # the engines start from the stage's first weights: give them the checkpoint's
             sync.push(start)
         self._rewrite_metrics(history)
         end = min(self.total_steps, stop_at) if stop_at else self.total_steps
         logger = TrainLogger(cfg.logging.wandb_mode, cfg.logging.project, cfg.logging.run_name, cfg.stage.name,
-                             self.total_steps, start, config={"stage": asdict(cfg.stage), "grpo": asdict(self.grpo),
-                                                               "cluster": asdict(cfg.cluster), "model": asdict(cfg.model)},
-                             wandb_dir=str(cfg.stage_dir))
+                             self.total_steps, start, config={**self.resolved, "grpo": asdict(self.grpo)},
+                             wandb_dir=str(cfg.stage_dir), run_id=self.record.wandb_run_id, job_type="grpo",
+                             group=pipeline_group(cfg.output_dir, cfg.logging.run_name))
         saved_at = start if start else None
         try:
             pending = self.submit_step(workers, start) if start < end else None
             for step in range(start, end):
                 started = time.perf_counter()
-                rollouts = pending.collect(workers.reward, self.show_progress)
+                rollouts = self._collect(workers, pending)
                 overlap = self.grpo.overlap and step + 1 < end
                 next_step = (lambda s=step + 1: self.submit_step(workers, s)) if overlap else None
                 metrics, pending = self._train_step(workers, step, rollouts, next_step)
                 # With overlap the engines are busy with the next step: they load the weights after it.
                 metrics["sync_s"] = sync.push(step + 1, wait=not self.grpo.overlap)
+                self.version = step + 1
                 if pending is None and step + 1 < end:
                     pending = self.submit_step(workers, step + 1)
                 metrics["step_s"] = time.perf_counter() - started
@@ -295,7 +331,7 @@ class GRPOTrainer:
                     f.write(json.dumps(metrics) + "\n")
                 every = cfg.logging.every_steps
                 if (step + 1) % every == 0 or step + 1 == end:
-                    tqdm.write(format_line(cfg.stage.name, step + 1, self.total_steps, metrics))
+                    emit(format_line(cfg.stage.name, step + 1, self.total_steps, metrics))
                 logger.log_step(step + 1, metrics, print_line=False)
                 if cfg.checkpoint.every_steps and (step + 1) % cfg.checkpoint.every_steps == 0:
                     self.save(workers, step + 1, history)

@@ -18,6 +18,12 @@ import torch
 
 from learners.losses import LOSSES, next_token_logprobs
 from learners.lr_schedule import warmup_cosine
+from learners.rendezvous import start_process_group
+
+# Without a GPU, tell DeepSpeed it is on CPU (before anything imports it) rather than let it warn, once
+# per learner and reference rank, that it "was unable to detect" an accelerator.
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
@@ -102,7 +108,10 @@ def init_process_group(rank: int, world_size: int, local_rank: int, master_addr:
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+    backend = "nccl" if on_gpu else "gloo"
+    # Our rendezvous listens on master_addr only (torch's env:// one listens on every interface).
+    start_process_group(backend, master_addr, master_port, rank, world_size)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return on_gpu
 
 

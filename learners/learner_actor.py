@@ -6,9 +6,11 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from learners.deepspeed_ops import ensure_cpu_comm_op
 from learners.grpo_learner import GRPOLearner
 from learners.learner import Learner
 from learners.reference import ReferenceWorker
+from learners.spinner import spinner
 
 LearnerActor = ray.remote(Learner)
 GRPOLearnerActor = ray.remote(GRPOLearner)
@@ -24,6 +26,8 @@ class LearnerGroup:
 
     def __init__(self, num_learners: int, gpus_per_learner: int, cpus_per_learner: int, settings: dict,
                  strategy: str = "PACK", ready_timeout_s: float = 600, actor_class=LearnerActor):
+        if not gpus_per_learner:
+            ensure_cpu_comm_op()  # a message and a spinner instead of minutes of silence on a first run
         bundles = [{"CPU": cpus_per_learner, **({"GPU": gpus_per_learner} if gpus_per_learner else {})}
                    for _ in range(num_learners)]
         self.placement_group = placement_group(bundles, strategy=strategy)
@@ -40,7 +44,8 @@ class LearnerGroup:
                 rank, num_learners, self._local_rank(rank, gpus_per_learner), settings)
             self.actors.append(actor)
         master_addr, master_port = ray.get(self.actors[0].node_address.remote())
-        self.setup_info = ray.get([a.setup.remote(master_addr, master_port) for a in self.actors])
+        with spinner(f"starting {num_learners} learner(s): loading the model, DeepSpeed init"):
+            self.setup_info = ray.get([a.setup.remote(master_addr, master_port) for a in self.actors])
 
     @staticmethod
     def _local_rank(rank: int, gpus_per_learner: int) -> int:

@@ -80,7 +80,8 @@ def encode_rows(rows, processor, system: str | None, rules: MaskRules, length_fi
     """Every usable row as an example; unusable and over-long ones are counted, never fatal."""
     report = EncodeReport()
     examples = []
-    for row in tqdm(rows, desc=desc, unit="row", leave=False):
+    # disable=None: a bar on a terminal, nothing in a log file (a job's log, train.log)
+    for row in tqdm(rows, desc=desc, unit="row", leave=False, disable=None):
         try:
             example = encode_row(row, processor, system, rules)
         except SampleError as exc:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from learners import run_identity
 from learners.batching import BatchGeometry, collate, plan_epoch, steps_per_epoch
 from learners.checkpoint_io import commit, latest_checkpoint, prune, temp_dir_for
 from learners.learner import LearnerSettings
@@ -19,6 +20,7 @@ from learners.learner_actor import LearnerGroup
 from learners.sft_masking import IGNORE_INDEX
 from learners.train_config import ConfigError, TrainConfig
 from learners.train_logging import TrainLogger, step_metrics
+from learners.wandb_run import pipeline_group
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -42,8 +44,11 @@ def _trained(example: dict) -> int:
 
 
 class SFTTrainer:
-    def __init__(self, config: TrainConfig, model_path: str, examples: list[dict], pad_id: int, image_pad_id: int):
+    def __init__(self, config: TrainConfig, model_path: str, examples: list[dict], pad_id: int, image_pad_id: int,
+                 resolved: dict | None = None):
         self.config, self.model_path, self.examples = config, model_path, examples
+        # The full resolved config (every Hydra group) that the stage folder records; the typed one if not given.
+        self.resolved = resolved if resolved is not None else asdict(config)
         self.pad_id, self.image_pad_id = pad_id, image_pad_id
         s, c = config.stage, config.cluster
         self.geometry = BatchGeometry(s.global_batch, s.micro_batch, c.num_learners)
@@ -136,18 +141,22 @@ class SFTTrainer:
     def run(self, group: LearnerGroup | None = None, stop_at: int | None = None) -> StageResult:
         """Train to the end of the stage (or stop after step `stop_at`, keeping the schedule of the
         full stage, as a preempted job would) and write the final checkpoint."""
+        cfg = self.config
+        fingerprint = run_identity.data_fingerprint(self.examples)
+        run_identity.check_resume(cfg.stage_dir, self.resolved, cfg.checkpoint.resume,
+                                  ignore=run_identity.UNUSED_BY_SFT, fingerprint=fingerprint)
         done = self.completed()
         if done is not None:
             return done
+        record = run_identity.begin(cfg.stage_dir, cfg.stage.name, self.resolved, cfg.checkpoint.resume, fingerprint)
         own_group = group is None
         group = group or self.start_learners()
         try:
             start, losses = self.resume(group)
-            cfg = self.config
             logger = TrainLogger(cfg.logging.wandb_mode, cfg.logging.project, cfg.logging.run_name, cfg.stage.name,
-                                 self.total_steps, start, config={"stage": asdict(cfg.stage), "cluster": asdict(cfg.cluster),
-                                                                   "model": asdict(cfg.model), "data": asdict(cfg.data)},
-                                 wandb_dir=str(cfg.stage_dir))
+                                 self.total_steps, start, config=self.resolved, wandb_dir=str(cfg.stage_dir),
+                                 run_id=record.wandb_run_id, job_type=cfg.stage.loss,
+                                 group=pipeline_group(cfg.output_dir, cfg.logging.run_name))
             saved_at = start if start else None
             try:
                 end = min(self.total_steps, stop_at) if stop_at else self.total_steps

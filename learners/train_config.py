@@ -64,9 +64,9 @@ class StageConfig:
 
 @dataclass
 class ClusterConfig:
-    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": join a cluster
-    num_learners: int = 1
-    gpus_per_learner: int = 0  # 0: CPU learners (gloo); 1: one GPU each (nccl)
+    address: str | None = None  # None: a local Ray (or the cluster of a `ray job`); "auto" / "ray://host:port": join one
+    num_learners: int | None = 1  # None: sized from the machine / joined cluster (one per GPU; 1 without GPUs)
+    gpus_per_learner: int | None = 0  # 0: CPU learners (gloo); 1: one GPU each (nccl); None: 1 if there are GPUs
     cpus_per_learner: int = 1
     num_cpus: int | None = None  # local Ray only: logical CPUs (None: detect)
     num_gpus: int | None = None  # local Ray only: GPUs (None: detect)
@@ -123,7 +123,11 @@ def _build(cls, values: dict[str, Any], where: str):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(where + '.' + k if where else k for k in unknown)}; "
+        import difflib
+
+        close = {k: difflib.get_close_matches(k, list(known), n=1, cutoff=0.5) for k in unknown}
+        hints = "".join(f" did you mean {where + '.' if where else ''}{m[0]} for {k}?" for k, m in close.items() if m)
+        raise ConfigError(f"unknown setting(s) {', '.join(where + '.' + k if where else k for k in unknown)};{hints} "
                           f"known: {', '.join(sorted(known))}")
     kwargs = {}
     for name, value in values.items():
@@ -136,16 +140,17 @@ _SECTIONS = {"model": ModelConfig, "data": DataConfig, "stage": StageConfig, "cl
              "logging": LoggingConfig, "checkpoint": CheckpointConfig}
 
 
-def from_dict(values: dict[str, Any]) -> TrainConfig:
+def from_dict(values: dict[str, Any], check_paths: bool = True) -> TrainConfig:
     """TrainConfig from a plain dict (e.g. OmegaConf.to_container of the Hydra config), validated.
 
     Sections owned by other parts of the system (sandbox, judge, prompt, rollout, hydra) are ignored here.
+    check_paths=False skips the checks of data and model paths (a job's paths live on the cluster).
     """
     mine = {k: v for k, v in values.items() if k in {f.name for f in fields(TrainConfig)}}
     config = _build(TrainConfig, mine, "")
     if config.stage.trainer == "grpo" and config.cluster.rl_num_learners is not None:
         config.cluster.num_learners = config.cluster.rl_num_learners
-    validate(config)
+    validate(config, check_paths)
     return config
 
 
@@ -154,18 +159,15 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: TrainConfig) -> None:
+def validate(config: TrainConfig, check_paths: bool = True) -> None:
     """Checks that need nothing but the config itself (cluster and data checks come separately)."""
     s, c, d = config.stage, config.cluster, config.data
-    _check(c.num_learners >= 1, f"cluster.num_learners={c.num_learners}: need at least 1 learner")
+    _check(c.num_learners is None or c.num_learners >= 1,
+           f"cluster.num_learners={c.num_learners}: need at least 1 learner (or null: one per GPU of the cluster)")
     _check(s.micro_batch >= 1, f"stage.micro_batch={s.micro_batch}: need at least 1 sample per micro batch")
-    per_pass = s.micro_batch * c.num_learners
-    if s.global_batch < per_pass or s.global_batch % per_pass:
-        lower = max(per_pass, s.global_batch // per_pass * per_pass)
-        raise ConfigError(
-            f"stage.global_batch={s.global_batch} is not a multiple of stage.micro_batch ({s.micro_batch}) x "
-            f"cluster.num_learners ({c.num_learners}) = {per_pass}; set stage.global_batch to a multiple of "
-            f"{per_pass} (e.g. {lower} or {lower + per_pass}) or change the micro batch / learner count")
+    _check(s.global_batch >= 1, f"stage.global_batch={s.global_batch}: need at least 1 sample per step")
+    if c.num_learners is not None:  # null: checked once sized from the cluster (size_cluster)
+        _check_batch_split(config)
     _check(s.lr > 0, f"stage.lr={s.lr}: the learning rate must be positive")
     _check(0 <= s.warmup_ratio < 1, f"stage.warmup_ratio={s.warmup_ratio}: must be in [0, 1)")
     _check(0 <= s.min_lr_ratio <= 1, f"stage.min_lr_ratio={s.min_lr_ratio}: must be in [0, 1]")
@@ -182,7 +184,8 @@ def validate(config: TrainConfig) -> None:
 
         _check(s.loss == "grpo" and s.data == "rl", f"a GRPO stage trains with stage.loss=grpo on stage.data=rl "
                f"(got loss={s.loss!r}, data={s.data!r})")
-        grpo_settings(s.grpo, s.global_batch, s.micro_batch, c.num_learners)
+        if c.num_learners is not None:  # null: checked once sized from the cluster (size_cluster)
+            grpo_settings(s.grpo, s.global_batch, s.micro_batch, c.num_learners)
         validate_rl_cluster(c)
     _check(s.init_from in ("model", "previous"), f"stage.init_from={s.init_from!r}: use model or previous")
     _check(len(s.adam_betas) == 2, f"stage.adam_betas={s.adam_betas}: need two numbers")
@@ -190,18 +193,58 @@ def validate(config: TrainConfig) -> None:
     _check(s.loss in LOSSES, f"stage.loss={s.loss!r}: known losses are {', '.join(sorted(LOSSES))}")
     _check(d.overlong in ("truncate", "skip"), f"data.overlong={d.overlong!r}: use truncate or skip")
     _check(d.max_seq_len >= 16, f"data.max_seq_len={d.max_seq_len}: too small to hold a prompt")
-    _check(c.gpus_per_learner >= 0 and c.cpus_per_learner >= 1,
+    _check((c.gpus_per_learner is None or c.gpus_per_learner >= 0) and c.cpus_per_learner >= 1,
            f"cluster.gpus_per_learner={c.gpus_per_learner}, cluster.cpus_per_learner={c.cpus_per_learner}: "
            "need >= 0 GPUs and >= 1 CPU per learner")
     _check(config.logging.wandb_mode in ("online", "offline", "disabled"),
            f"logging.wandb_mode={config.logging.wandb_mode!r}: use online, offline or disabled")
     _check(config.checkpoint.keep_last >= 1, f"checkpoint.keep_last={config.checkpoint.keep_last}: keep at least 1")
-    for name, value in (("data.sft_path", d.sft_path), ("data.math_path", d.math_path), ("data.rl_path", d.rl_path),
-                        ("model.path", config.model.path)):
+    if not check_paths:
+        return
+    for name, value in (("data.sft_path", d.sft_path), ("data.math_path", d.math_path), ("data.rl_path", d.rl_path)):
         if value is not None:
-            _check(Path(value).exists(), f"{name}={value} does not exist; point it at an existing "
-                   f"{'model folder' if name == 'model.path' else 'JSONL/Parquet file or folder of rows'}, "
-                   f"or set {name}=null to build a small one on the fly")
+            _check(Path(value).exists(), f"{name}={value} does not exist; point it at an existing JSONL/Parquet "
+                   f"file or folder of rows, or set {name}=null to build a small set on the fly")
+            _check(Path(value).is_dir() or Path(value).suffix in (".jsonl", ".json", ".parquet"),
+                   f"{name}={value} is a {Path(value).suffix or 'suffix-less'} file; training rows are .jsonl or "
+                   ".parquet files (or a folder of them) in the released Thyme format")
+    if config.model.path is not None:
+        from policy.model_dir import model_dir_problem  # late: no torch/transformers needed for this check
+
+        problem = model_dir_problem(config.model.path, "model.path")
+        _check(problem is None, f"{problem} (or model.path=null to build the tiny model on the fly)")
+
+
+def _check_batch_split(config: TrainConfig) -> None:
+    s, c = config.stage, config.cluster
+    per_pass = s.micro_batch * c.num_learners
+    if s.global_batch < per_pass or s.global_batch % per_pass:
+        lower = max(per_pass, s.global_batch // per_pass * per_pass)
+        raise ConfigError(
+            f"stage.global_batch={s.global_batch} is not a multiple of stage.micro_batch ({s.micro_batch}) x "
+            f"cluster.num_learners ({c.num_learners}) = {per_pass}; set stage.global_batch to a multiple of "
+            f"{per_pass} (e.g. {lower} or {lower + per_pass}) or change the micro batch / learner count")
+
+
+def size_cluster(config: TrainConfig, available_gpus: int, available_cpus: int) -> None:
+    """Fill in the learner count / GPUs per learner left null from what the machine or cluster has, then
+    run the checks that needed them (validate). One learner per GPU, at most as many as split the
+    global batch evenly; without GPUs, one CPU learner. Whether everything fits is the caller's check
+    (validate_resources for SFT, the placement plan for GRPO)."""
+    c, s = config.cluster, config.stage
+    if c.gpus_per_learner is None:
+        c.gpus_per_learner = 1 if available_gpus > 0 else 0
+    if c.num_learners is None:
+        if c.gpus_per_learner:
+            most = available_gpus // c.gpus_per_learner
+            fits = [n for n in range(most, 0, -1) if s.global_batch % (s.micro_batch * n) == 0]
+            _check(bool(fits), f"cluster.num_learners=null sizes the learners from the cluster, which has "
+                   f"{available_gpus} GPU(s): none for cluster.gpus_per_learner={c.gpus_per_learner}; set "
+                   "cluster.gpus_per_learner=0 for CPU learners or join a cluster with GPUs")
+            c.num_learners = fits[0]
+        else:
+            c.num_learners = 1
+    validate(config)
 
 
 def validate_resources(config: TrainConfig, available_gpus: int, available_cpus: int) -> None:
@@ -209,15 +252,20 @@ def validate_resources(config: TrainConfig, available_gpus: int, available_cpus:
     c = config.cluster
     gpus = c.num_learners * c.gpus_per_learner
     if gpus > available_gpus:
+        fit = available_gpus // max(1, c.gpus_per_learner)
+        # Every suggestion must itself be a valid setting: never "lower cluster.num_learners to 0".
+        other = (f"lower cluster.num_learners to {fit}, or " if fit >= 1 else "")
         raise ConfigError(
             f"asked for {gpus} GPU(s) (cluster.num_learners={c.num_learners} x cluster.gpus_per_learner="
-            f"{c.gpus_per_learner}) but the cluster has {available_gpus}; lower cluster.num_learners to "
-            f"{available_gpus // max(1, c.gpus_per_learner)} or set cluster.gpus_per_learner=0 for CPU learners")
+            f"{c.gpus_per_learner}) but the cluster has {available_gpus}; {other}set cluster.gpus_per_learner=0 "
+            "for CPU learners (cluster=local_cpu)")
     cpus = c.num_learners * c.cpus_per_learner
     if cpus > available_cpus:
+        fit = available_cpus // c.cpus_per_learner
+        other = f"lower cluster.num_learners to {fit} or " if fit >= 1 else ""
         raise ConfigError(
             f"asked for {cpus} CPU(s) (cluster.num_learners={c.num_learners} x cluster.cpus_per_learner="
-            f"{c.cpus_per_learner}) but the cluster has {available_cpus}; lower one of them")
+            f"{c.cpus_per_learner}) but the cluster has {available_cpus}; {other}lower cluster.cpus_per_learner")
 
 
 def validate_data_size(config: TrainConfig, num_samples: int, source: str) -> None:

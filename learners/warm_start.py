@@ -22,7 +22,7 @@ from PIL import Image
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
 QUESTION = "What color is the image?"
 CODE_REPLY = "<code>\n```python\nprint(2 + 3)\n```\n</code>"
-RECIPE = {"sequences": 48, "steps": 40, "lr": 3e-3, "batch": 6, "seed": 0, "version": 2}
+RECIPE = {"sequences": 48, "steps": 120, "lr": 3e-3, "batch": 8, "seed": 0, "version": 5}
 
 
 def colour_images(folder: str | Path, size: tuple[int, int] = (112, 84)) -> dict[str, str]:
@@ -38,53 +38,61 @@ def colour_images(folder: str | Path, size: tuple[int, int] = (112, 84)) -> dict
     return paths
 
 
-def _sequences(processor, images: dict[str, str], n: int, rng: random.Random) -> list[tuple[list[int], int]]:
-    """(ids, reply start) pairs: the agent loop's prompt for a colour image, then a reply that names a
-    random colour (so the policy is unsure), a third of them a code block instead."""
-    from policy.prompts import load_prompt_config
+# A short prompt contract for RL tests: the sequences stay short, so a few seconds of training make
+# a policy that answers in the format (the Thyme system prompt is ~10x longer).
+TEST_PROMPT = {"system": "Write Python in <code></code>; its output comes back in <sandbox_output>.",
+               "user_template": "{question} Image {image_path}, {width}x{height}. Reply <think> then <answer>."}
 
-    prompt = load_prompt_config()
+
+def _sequences(processor, images: dict[str, str], n: int, rng: random.Random, prompt) -> list[tuple[list[int], int, str]]:
+    """(ids, reply start, image path) triples: the agent loop's prompt for a colour image, then a reply
+    that names a random colour (so the policy is unsure), a third of them a code block instead."""
     out = []
     for i in range(n):
         path = images[rng.choice(sorted(images))]
         image = Image.open(path).convert("RGB")
         user = prompt.user_text(QUESTION, path, image.width, image.height)
         ids = processor.chat_prompt_ids(prompt.system, user, [image])
-        reply = CODE_REPLY if i % 3 == 0 else f"<answer>{rng.choice(sorted(COLOURS))}</answer><|im_end|>"
-        out.append((ids + processor.tokenizer.encode(reply, add_special_tokens=False), len(ids)))
+        encode = lambda text: processor.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        # `<answer>` tokenised on its own, as the agent loop tokenises a forced `<answer>` prefix: the
+        # colour then follows the same tokens in training and in rollouts.
+        reply = encode(CODE_REPLY) if i % 3 == 0 else \
+            encode("<answer>") + encode(f"{rng.choice(sorted(COLOURS))}</answer><|im_end|>")
+        out.append((ids + reply, len(ids), path))
     return out
 
 
-def warm_start(model_dir: str | Path, out_dir: str | Path, images_dir: str | Path, **recipe) -> Path:
+def warm_start(model_dir: str | Path, out_dir: str | Path, images_dir: str | Path, prompt: dict | None = None,
+               **recipe) -> Path:
     """Train `model_dir` on replies about the colour images in `images_dir` (RL prompts should show
-    the same paths) and save it to `out_dir`."""
+    the same paths), under `prompt` (PromptConfig fields; default TEST_PROMPT: rollouts must use the
+    same), and save it to `out_dir`."""
     from learners.losses import next_token_logprobs
     from policy.model import load_policy
+    from policy.prompts import PromptConfig
 
     r = {**RECIPE, **recipe}
     torch.manual_seed(r["seed"])
     model, processor = load_policy(model_dir)
     images = colour_images(images_dir)
-    data = _sequences(processor, images, r["sequences"], random.Random(r["seed"]))
+    data = _sequences(processor, images, r["sequences"], random.Random(r["seed"]), PromptConfig(**(prompt or TEST_PROMPT)))
     pixels = {path: processor.pixel_inputs([Image.open(path).convert("RGB")]) for path in images.values()}
-    any_pixels = next(iter(pixels.values()))
     pad = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     optimizer = torch.optim.AdamW(model.parameters(), lr=r["lr"])
     model.train()
     for step in range(r["steps"]):
         chunk = [data[(step * r["batch"] + k) % len(data)] for k in range(r["batch"])]
-        width = max(len(ids) for ids, _ in chunk)
+        width = max(len(ids) for ids, _, _ in chunk)
         ids = torch.full((len(chunk), width), pad)
         mask = torch.zeros_like(ids)
         trained = torch.zeros((len(chunk), width - 1))
-        for row, (seq, start) in enumerate(chunk):
+        for row, (seq, start, _path) in enumerate(chunk):
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
             trained[row, start - 1:len(seq) - 1] = 1  # position t predicts token t + 1
-        # Every image of the set has the same size, so one image's pixels repeated fit every row.
         inputs = {"input_ids": ids, "attention_mask": mask,
-                  "pixel_values": any_pixels["pixel_values"].repeat(len(chunk), 1),
-                  "image_grid_thw": any_pixels["image_grid_thw"].repeat(len(chunk), 1),
+                  "pixel_values": torch.cat([pixels[path]["pixel_values"] for _, _, path in chunk]),
+                  "image_grid_thw": torch.cat([pixels[path]["image_grid_thw"] for _, _, path in chunk]),
                   "mm_token_type_ids": (ids == processor.image_pad_id).int()}
         logprobs = next_token_logprobs(model(**inputs).logits, ids)
         loss = -(logprobs * trained).sum() / trained.sum()
@@ -99,10 +107,10 @@ def warm_start(model_dir: str | Path, out_dir: str | Path, images_dir: str | Pat
 
 
 def ensure_warm_started(model_dir: str | Path, cache_root: str | Path) -> tuple[Path, dict[str, str]]:
-    """warm_start(model_dir) cached under cache_root (keyed on the model folder and the recipe), and the
-    colour images it was trained on ({colour: path})."""
+    """warm_start(model_dir) under TEST_PROMPT, cached under cache_root (keyed on the model folder and
+    the recipe), and the colour images it was trained on ({colour: path})."""
     images = colour_images(Path(cache_root) / "colour-images")
-    key = hashlib.sha256(f"{Path(model_dir).resolve()}|{sorted(RECIPE.items())}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{Path(model_dir).resolve()}|{sorted(RECIPE.items())}|{TEST_PROMPT}".encode()).hexdigest()[:12]
     target = Path(cache_root) / f"warm-start-{key}"
     if (target / "config.json").is_file():
         return target, images

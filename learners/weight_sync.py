@@ -18,19 +18,40 @@ from __future__ import annotations
 import time
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+
+ACTOR_LOST = (RayActorError, ActorUnavailableError)
+
+
+def wait_until_alive(actor, timeout_s: float = 600) -> None:
+    """Block until a restarting actor answers again (it is loading its model)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.stats.remote(), timeout=60)
+            return
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 class _Sync:
     def __init__(self):
-        self._inflight: list = []
+        self._inflight: list = []  # (engine, ref) of loads not yet known to be done
 
     def wait(self) -> None:
-        """Block until every engine holds the last weights pushed."""
-        ray.get(self._inflight)
-        self._inflight = []
+        """Block until every engine holds the last weights pushed (one that restarted gets them again)."""
+        inflight, self._inflight = self._inflight, []
+        for engine, ref in inflight:
+            try:
+                ray.get(ref)
+            except ACTOR_LOST:
+                self.reload(engine)
 
-    def _finish(self, refs: list, wait: bool, started: float) -> float:
-        self._inflight = refs
+    def _finish(self, inflight: list, wait: bool, started: float) -> float:
+        self._inflight = inflight
         if wait:
             self.wait()
         return time.perf_counter() - started
@@ -40,14 +61,26 @@ class ObjectStoreWeightSync(_Sync):
     def __init__(self, learners, engines: list):
         super().__init__()
         self.learners, self.engines = learners, engines
+        self._latest = None  # (ref, version) of the last weights pushed
+
+    def _publish(self, version: int):
+        (ref,) = self.learners.call_all("publish_weights")[0]
+        self._latest = (ref, version)
+        return ref
 
     def push(self, version: int, wait: bool = True) -> float:
         self.wait()  # the previous weights are loaded (and their object-store copy can go)
         started = time.perf_counter()
-        published = self.learners.call_all("publish_weights")
-        (ref,) = published[0]
+        ref = self._publish(version)
         # A top-level ObjectRef argument is resolved by Ray before the call: each engine gets the tensors.
-        return self._finish([engine.load_weights.remote(ref, version) for engine in self.engines], wait, started)
+        return self._finish([(e, e.load_weights.remote(ref, version)) for e in self.engines], wait, started)
+
+    def reload(self, engine, version: int | None = None) -> None:
+        """A restarted engine holds the stage's first weights: once it is up, give it the latest ones
+        (or the learners' current weights as `version` when nothing was pushed yet)."""
+        wait_until_alive(engine)
+        ref, latest = self._latest or (self._publish(version or 0), version or 0)
+        ray.get(engine.load_weights.remote(ref, latest))
 
 
 class NcclWeightSync(_Sync):
@@ -65,8 +98,13 @@ class NcclWeightSync(_Sync):
     def push(self, version: int, wait: bool = True) -> float:
         self.wait()
         started = time.perf_counter()
-        receiving = [engine.receive_weights.remote(self.plan, version) for engine in self.engines]
-        return self._finish(self.learners.call_all_async("send_weights", self.plan) + receiving, wait, started)
+        receiving = [(e, e.receive_weights.remote(self.plan, version)) for e in self.engines]
+        sending = [(None, ref) for ref in self.learners.call_all_async("send_weights", self.plan)]
+        return self._finish(sending + receiving, wait, started)
+
+    def reload(self, engine, version: int | None = None) -> None:
+        raise RuntimeError("a vLLM rollout engine restarted: its NCCL weight-transfer group cannot be rejoined "
+                           "mid-run; restart the job (it resumes from the last checkpoint)")
 
 
 def make_weight_sync(engine_kind: str, learners, engines: list, gpus_per_engine: int, bucket_mb: int):

@@ -61,9 +61,16 @@ class EvalConfig:
     dtype: str = "float32"
     max_new_tokens_per_round: int = 512
     max_turns: int = 4
+    wandb_mode: str = "offline"
+    wandb_project: str = "thyme-rl"
+    wandb_samples: int = 12
 
     def __post_init__(self) -> None:
         problems = []
+        if self.wandb_mode not in ("online", "offline", "disabled"):
+            problems.append(f"wandb_mode must be online, offline or disabled (got {self.wandb_mode!r})")
+        if self.wandb_samples < 0:
+            problems.append(f"wandb_samples must be >= 0 (got {self.wandb_samples})")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
         if self.limit is not None and self.limit < 1:

@@ -93,6 +93,7 @@ class _Episode:
         self.prompt_len = 0
         self.started, self.finished = started, None
         self.engine_s = self.sandbox_s = 0.0
+        self.sandbox_failed = False  # the sandbox itself failed (not the model's code, not the input)
 
     def append(self, kind: str, ids: list[int], logprobs: list[float] | None = None) -> None:
         start = len(self.ids)
@@ -272,6 +273,10 @@ class AgentLoop:
         try:
             ep.sandbox_episode = self.sandbox.episode(images=list(ep.spec.image_paths))
         except Exception as exc:  # noqa: BLE001  (missing/corrupt input, sandbox down): this episode only
+            from envs.sandbox.errors import InputImageError
+
+            # A bad input is the data's fault; anything else (a sandbox actor gone) is the system's.
+            ep.sandbox_failed = not isinstance(exc, InputImageError)
             ep.finish("error", f"the sandbox could not start this episode: {exc}")
         ep.sandbox_s += time.perf_counter() - started
 
@@ -434,7 +439,8 @@ class AgentLoop:
             logprobs=ep.logprobs, prompt_len=ep.prompt_len, segments=ep.segments, images=ep.images,
             image_paths=ep.image_paths, stop_reason=ep.stop_reason or "error", turns=ep.turns,
             code_runs=ep.code_runs, response_text=response, answer=self._model_answer(ep),
-            reference=ep.spec.reference, meta=dict(ep.spec.meta), timings=timings, error=ep.error)
+            reference=ep.spec.reference, meta=dict(ep.spec.meta), timings=timings, error=ep.error,
+            sandbox_failed=ep.sandbox_failed or any(run.sandbox_failed for run in ep.code_runs))
 
 
 def _ends_inside_code(text: str) -> bool:

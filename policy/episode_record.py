@@ -64,6 +64,7 @@ class EpisodeRecord:
     meta: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)  # engine_s, sandbox_s, wait_s, total_s (see agent_loop)
     error: str | None = None
+    sandbox_failed: bool = False  # the sandbox itself failed under this episode (start or a code run)
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)

@@ -26,6 +26,8 @@ for key, value in {
     "TOKENIZERS_PARALLELISM": "false",
     "TORCH_EXTENSIONS_DIR": str(_CACHE / "torch_extensions"),
     "RAY_DEDUP_LOGS": "0",
+    # Ray on 127.0.0.1 only, as launch.ray_session does for every local run (read by ray at import).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }.items():
     os.environ.setdefault(key, value)
 
@@ -80,3 +82,15 @@ def qwen_vocab_model_dir(qwen_tokenizer_dir) -> Path:
     from tests.qwen_vocab import ensure_qwen_vocab_model
 
     return ensure_qwen_vocab_model(_CACHE)
+
+
+@pytest.fixture(scope="session")
+def sft_rows_file() -> Path:
+    """12 small SFT rows in the released format (8 image rows, 4 computation rows) as JSONL (~1 s)."""
+    from envs.data import write_sft_rows
+    from learners.synthetic_rows import synthetic_rows
+
+    path = _SCRATCH / "synthetic_sft.jsonl"
+    if not path.exists():
+        write_sft_rows(synthetic_rows(12, seed=2), path)
+    return path

@@ -70,6 +70,16 @@ def test_eval_writes_table_summary_and_predictions(tiny_model_dir, task_dir, scr
     assert summary["decoding"].startswith("greedy")
     for row in rows:
         assert row["category"] in summary["categories"] and row["turns"] >= 1 and row["model_tokens"] > 0
+    # W&B (offline here): the table per category and the sample transcripts with the images the model saw.
+    [run] = (out / "wandb").glob("offline-run-*")
+    [categories] = (run / "files" / "media" / "table" / "eval").glob("categories_*.table.json")
+    table = json.loads(categories.read_text())
+    assert [r[0] for r in table["data"]] == list(summary["categories"]) and "accuracy" in table["columns"]
+    [transcripts] = (run / "files" / "media" / "table" / "eval").glob("transcripts_*.table.json")
+    table = json.loads(transcripts.read_text())
+    assert len(table["data"]) == 3 and "[question]" in table["data"][0][table["columns"].index("transcript")]
+    images = list((run / "files" / "media" / "images" / "eval" / "images").rglob("*.png"))
+    assert {p.parent.name for p in images} == {row["id"] for row in rows}, images  # each sample's input image
 
 
 def test_eval_scores_answers_and_code_use(tiny_model_dir, image_path):

@@ -12,7 +12,7 @@ import torch
 
 from learners.grpo_trainer import GRPOTrainer
 from learners.train_config import from_dict
-from learners.warm_start import CODE_REPLY, QUESTION, ensure_warm_started
+from learners.warm_start import CODE_REPLY, QUESTION, TEST_PROMPT, ensure_warm_started
 from rewards.loopback_judge import LoopbackJudgeServer
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def _trainer(config, model_dir, prompts, judge_url: str) -> GRPOTrainer:
                "sandbox_batch_wait_s": 30.0, "engine_options": {"torch_threads": 1}}
     judge = {"backend": "openai", "consistency": True,
              "openai": {"url": judge_url, "api_key_env": None, "timeout_s": 10, "max_retries": 0}}
-    return GRPOTrainer(config, str(model_dir), prompts, rollout=rollout, sandbox={}, judge=judge, show_progress=False)
+    return GRPOTrainer(config, str(model_dir), prompts, rollout=rollout, sandbox={}, judge=judge, prompt=TEST_PROMPT, show_progress=False)
 
 
 def _weights(checkpoint: str) -> dict:
@@ -135,7 +135,10 @@ def trajectories(warm_policy):
 
     model_dir, images = warm_policy
     engine = HFEngine(model_dir)
-    with Sandbox() as sandbox, AgentLoop(engine, sandbox, RolloutConfig(max_new_tokens_per_round=16, max_turns=3)) as loop:
+    from policy.prompts import PromptConfig
+
+    loop_config = RolloutConfig(max_new_tokens_per_round=16, max_turns=3)
+    with Sandbox() as sandbox, AgentLoop(engine, sandbox, loop_config, prompt=PromptConfig(**TEST_PROMPT)) as loop:
         prompts = [dict(p, seed=11 + i) for i, p in enumerate(_prompts(images)[:2])]
         records = [r.to_dict() for r in loop.run(episode_inputs(prompts, 4))]
     vision = {engine.processor.vision_start_id, engine.processor.vision_end_id, engine.processor.image_pad_id}
