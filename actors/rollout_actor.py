@@ -93,6 +93,8 @@ class RolloutActorImpl:
 
             # A GPU actor (num_gpus=1) sees its GPU as cuda:0; elsewhere the engine config's device.
             device = "cuda" if torch.cuda.is_available() else None
+        if dtype is None and device == "cuda" and self.config.engine == "hf" and "dtype" not in self.config.engine_options:
+            dtype = "bfloat16"  # the learners' dtype on GPU (precision auto): sampling and training log-probs agree
         self.engine = make_engine(model_dir, self.config.engine, device=device, dtype=dtype,
                                   options=self.config.engine_options)
         if sandbox_pool is not None:

@@ -55,7 +55,7 @@ class LearnerSettings:
 
 def deepspeed_config(s: LearnerSettings, world_size: int, use_bf16: bool) -> dict:
     """The DeepSpeed JSON config (pure). The optimizer and scheduler are ours, passed as objects."""
-    return {
+    config = {
         "train_batch_size": s.micro_batch * s.accumulation_steps * world_size,
         "train_micro_batch_size_per_gpu": s.micro_batch,
         "gradient_accumulation_steps": s.accumulation_steps,
@@ -67,6 +67,12 @@ def deepspeed_config(s: LearnerSettings, world_size: int, use_bf16: bool) -> dic
         "wall_clock_breakdown": False,
         "steps_per_print": 1 << 30,  # we log ourselves
     }
+    if use_bf16 and s.zero_stage >= 1:
+        # Without this DeepSpeed accumulates micro-batch gradients in the model dtype, bf16 (its
+        # runtime/engine.py get_data_types); ZeRO keeps an fp32 accumulation buffer with it. Stage 0
+        # has no fp32 path with bf16 weights (DeepSpeed 0.19 raises "unsupported mix").
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
 
 
 def _vision_module(model):

@@ -9,10 +9,11 @@ header) followed by the model's response and the end-of-turn token. The rules, i
 - math annealing stage: all rounds are trained (still without the sandbox parts).
 
 Tags are several tokens in a BPE vocabulary, so the rules are applied to character spans of the text.
-The text is then cut at every place where the rule changes and each piece is tokenised on its own:
-no token straddles a trained and an untrained character, and the token boundaries at `</code>` |
-`<sandbox_output>` are the ones the agent loop produces at inference (it tokenises the sandbox reply
-separately from what the model generated).
+The text is then cut at every place where the rule changes, and at every sandbox reply of earlier
+(untrained) rounds too, and each piece is tokenised on its own: no token straddles a trained and an
+untrained character, and the token boundaries at `</code>` | `<sandbox_output>` and
+`</sandbox_output>` | next round are the ones the agent loop produces at inference (it tokenises the
+sandbox reply separately from what the model generated), so SFT ids equal the loop's ids.
 """
 from __future__ import annotations
 
@@ -99,14 +100,17 @@ def response_pieces(response: str, rules: MaskRules) -> list[Piece]:
         if end > start:
             pieces.append(Piece(response[start:end], kind == "model", kind))
 
-    if learn_from:
-        add(0, learn_from, "earlier_round")
-    cursor = learn_from
+    cursor = 0
     for start, end in spans:
-        if end <= learn_from:
-            continue
-        add(cursor, start, "model")
-        add(start, end, "sandbox")
+        # Earlier rounds are untrained too, but still cut at every sandbox reply: the agent loop
+        # tokenises the model's text and the sandbox's reply separately, and Qwen's BPE merges
+        # across `</code>` | `<sandbox_output>` (`><`), so one piece would give other ids.
+        # The loop also tokenises a reply's closing tag on its own (after any images), so cut there too.
+        earlier = end <= learn_from
+        add(cursor, start, "earlier_round" if earlier else "model")
+        close = end - len(SANDBOX_CLOSE) if response.endswith(SANDBOX_CLOSE, start, end) else end
+        add(start, close, "earlier_round" if earlier else "sandbox")
+        add(close, end, "earlier_round" if earlier else "sandbox")
         cursor = end
     add(cursor, len(response), "model")
     return pieces

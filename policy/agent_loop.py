@@ -238,7 +238,9 @@ class AgentLoop:
             self._after_round(ep, result, limited_by_total)
 
     def _after_round(self, ep: _Episode, result, limited_by_total: bool) -> None:
-        if self._vision_ids.intersection(result.token_ids):
+        if result.finish_reason == "error":  # the engine could not run this request (e.g. vLLM's prompt-ids guard)
+            ep.finish("error", result.error)
+        elif self._vision_ids.intersection(result.token_ids):
             # Placeholders without pixels would break the next prefill (an untrained model can emit them).
             ep.finish("error", "the model generated image placeholder tokens (<|vision_start|>, <|image_pad|>, "
                                "<|vision_end|>); the episode cannot go on")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # PIL and torch are only needed by implementations
     import torch
     from PIL import Image
 
-FINISH_REASONS = ("stop", "length", "eos", "repetition")
+FINISH_REASONS = ("stop", "length", "eos", "repetition", "error")
 
 
 @dataclass
@@ -114,7 +114,8 @@ class GenerationResult:
         the stop string: `text` is the decode of all `token_ids`, the stop string is not cut off.
     logprobs: one per token in token_ids, under the untempered (T=1) policy; see the module doc.
     finish_reason: "stop" (a stop string), "eos" (an end-of-sequence token), "length"
-        (max_new_tokens) or "repetition" (the looping detector fired).
+        (max_new_tokens), "repetition" (the looping detector fired) or "error" (this request could
+        not be run, `error` says why; no tokens; the other requests of the batch go on).
     stop_string: which stop string matched, for finish_reason "stop".
     in_code: whether the text (prompt state + generated) ends inside an open `<code>` block.
     """
@@ -125,6 +126,7 @@ class GenerationResult:
     text: str = ""
     stop_string: str | None = None
     in_code: bool = False
+    error: str | None = None
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:

@@ -2,8 +2,8 @@
 
 One monitor per generated sequence, fed one token at a time. It answers two questions: which
 temperature the next token gets (inside `<code>` or not) and whether the sequence is finished, and
-why. Pure Python over token ids and their bytes, shared by the HF engine's loop and (for the ATS
-state and the repetition stop) the vLLM logits processor.
+why. Pure Python over token ids and their bytes, shared by the HF engine's loop and the vLLM engine's
+replay of each phase (policy/vllm_phases.py).
 """
 from __future__ import annotations
 
@@ -69,8 +69,10 @@ class SequenceMonitor:
         # Only the new bytes plus enough history for a stop string that began in earlier tokens.
         buf = self._tail + piece
         self._tail = buf[-(self._stop_keep - 1):] if self._stop_keep > 1 else b""
-        hits = [(buf.find(b), s) for s, b in self.stops if b in buf]
+        # The stop string that completes earliest wins, ties in list order: vLLM's rule
+        # (vllm/v1/engine/detokenizer.py:321, check_stop_strings), so both engines agree.
+        hits = [(buf.find(b) + len(b), i) for i, (_, b) in enumerate(self.stops) if b in buf]
         if hits:
-            self.stop_string = min(hits)[1]  # the earliest in the text wins
+            self.stop_string = self.stops[min(hits)[1]][0]
             return True
         return False

