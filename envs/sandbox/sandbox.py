@@ -449,8 +449,10 @@ class Episode:
         refusal = _scan(code, output_dir=self.work_dir)
         if refusal:
             return RunResult(ok=False, error=refusal)
+        # os.path.lexists: whether the episode wrote a file there (an image_path literal under
+        # /mnt/data/temp_processed_images/ naming no such file is the input); symlinks not followed.
         repaired = _repair(code, image_size=self.image_size, image_path=self.images[0] if self.images else None,
-                           output_dir=self.work_dir, image_paths=self.images)
+                           output_dir=self.work_dir, image_paths=self.images, output_exists=os.path.lexists)
         fixes = list(repaired.fixes)
         if repaired.error:
             return RunResult(ok=False, error=repaired.error, fixes=fixes)
@@ -517,8 +519,4 @@ def _scan(code: str, output_dir: str) -> str | None:
 
 def _repair(code: str, **kwargs):
     from .repair import repair_code
-    try:
-        return repair_code(code, **kwargs)
-    except TypeError:  # an older repair_code without image_paths
-        kwargs.pop("image_paths", None)
-        return repair_code(code, **kwargs)
+    return repair_code(code, **kwargs)
