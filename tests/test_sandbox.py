@@ -139,10 +139,24 @@ def test_output_detection(sb, images):
 
 
 def test_failed_imwrite_is_an_error(sb, images):
-    with sb.episode(images=[images["jpg"]]) as ep:
-        r = ep.run("img = cv2.imread(image_path)\nok = cv2.imwrite('no_such_folder/x.png', img)\nprint('unreached')")
+    with sb.episode(images=[images["jpg"]]) as ep:  # the inputs' folder is read-only for the episode
+        r = ep.run("img = cv2.imread(image_path)\nok = cv2.imwrite(os.path.dirname(image_path) + '/x.png', img)\n"
+                   "print('unreached')")
         assert not r.ok and "cv2.imwrite could not write" in r.error and "line 2" in r.error
         assert "unreached" not in r.stdout
+
+
+def test_saving_into_a_missing_folder_creates_it(sb, images):
+    """Released models save to relative paths in folders they never made: the image is saved inside
+    the work dir and returned (cv2.imwrite and PIL's save alike)."""
+    with sb.episode(images=[images["jpg"]]) as ep:
+        r = ep.run("img = cv2.imread(image_path)\ncv2.imwrite('results/crop.png', img[:40, :50])\n"
+                   "Image.open(image_path).crop((0, 0, 30, 20)).save('pil/deeper/zoom.png')\nprint('saved')")
+        assert r.ok and r.stdout == "saved\n", r
+        assert sorted(os.path.basename(p).split("_", 1)[1] for p in r.images) == ["crop.png", "zoom.png"]
+        assert os.path.isfile(os.path.join(ep.work_dir, "results", "crop.png"))
+        sizes = sorted(Image.open(p).size for p in r.images)
+        assert sizes == [(30, 20), (50, 40)]
 
 
 def test_syntax_error_empty_and_oversized_code(sb, images):

@@ -7,6 +7,7 @@ replies it writes to its socket.
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import linecache
 import os
@@ -115,6 +116,8 @@ def _presets(spec: dict, cache: dict) -> dict:
     def imwrite(filename, img, *args, **kwargs):
         # cv2.imwrite returns False (no exception) when it cannot write: make that an error the model sees.
         ok = original_imwrite(filename, img, *args, **kwargs)
+        if not ok and _make_parent(filename, output_dir):
+            ok = original_imwrite(filename, img, *args, **kwargs)
         if not ok:
             raise OSError(f"cv2.imwrite could not write {filename!r}: the folder must exist and be inside the "
                           f"output folder {output_dir!r}, and the image must not exceed the file-size limit")
@@ -130,16 +133,47 @@ def _presets(spec: dict, cache: dict) -> dict:
                 return image
         return original_open(fp, mode, *args, **kwargs)
 
+    original_save = Image.Image.save
+
+    def save(self, fp, format=None, **params):
+        try:
+            return original_save(self, fp, format, **params)
+        except FileNotFoundError:
+            if not _make_parent(fp, output_dir):
+                raise
+            return original_save(self, fp, format, **params)
+
     images = spec["images"]
     first = cache.get(os.path.realpath(images[0])) if images else None
-    cv2.imread, cv2.imwrite, Image.open = imread, imwrite, open_image
+    cv2.imread, cv2.imwrite, Image.open, Image.Image.save = imread, imwrite, open_image, save
     tempfile.tempdir = output_dir  # the private /tmp is not writable for the episode; its folder is
+    # Files cannot be deleted here (syscall filter): temporary files stay, as named files in the
+    # work dir (counted in the disk quota, removed with the episode), instead of failing on close.
+    tempfile.TemporaryFile = functools.partial(tempfile.NamedTemporaryFile, delete=False)
+    tempfile.NamedTemporaryFile = functools.partial(tempfile.NamedTemporaryFile, delete=False)
     g = {"__name__": "__main__", "__builtins__": builtins, "cv2": cv2, "np": np, "numpy": np, "Image": Image,
          "math": math, "os": os, "output_dir": output_dir, "image_paths": list(images),
          "image_path": images[0] if images else None}
     if first is not None:
         g.update(image_width=first.width, image_height=first.height, image_size=(first.width, first.height))
     return g
+
+
+def _make_parent(target, work_dir: str) -> bool:
+    """Create the missing folder of an image the code saves inside the work dir (a relative path in a
+    folder that does not exist yet): True when it made one, so the save can be tried again."""
+    if isinstance(target, os.PathLike):
+        target = os.fspath(target)
+    if not isinstance(target, str):
+        return False
+    parent = os.path.dirname(os.path.normpath(os.path.join(work_dir, target)))
+    if not parent.startswith(work_dir.rstrip("/") + "/") or os.path.isdir(parent):
+        return False
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError:
+        return False
+    return True
 
 
 def _files_in(folder: str) -> dict[str, tuple]:

@@ -4,13 +4,11 @@ resource limits and a syscall filter. Each function is one layer so the server r
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
 import os
 import resource
 import shutil
 import signal
-import socket
 import stat
 import struct
 import subprocess
@@ -19,6 +17,7 @@ import sysconfig
 from pathlib import Path
 
 from .config import SandboxConfig
+from .syscall_filter import build_seccomp_filter  # noqa: F401 - the server builds it through this module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PR_SET_PDEATHSIG = 1
@@ -105,47 +104,6 @@ def bwrap_command(server_argv: list[str], *, inputs_dir: str, episodes_dir: str)
 def server_environment() -> dict[str, str]:
     """Environment of the server when it runs without bubblewrap (process isolation)."""
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-# ---------------------------------------------------------------- seccomp (built once, loaded per episode)
-# Syscalls no image or math snippet needs and that widen the attack surface: debugging other processes,
-# namespaces and mounts, kernel modules/keys/BPF, io_uring, clock changes.
-_DENIED_SYSCALLS = (
-    "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root", "chroot",
-    "unshare", "setns", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "bpf", "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup",
-    "io_uring_enter", "io_uring_register", "reboot", "swapon", "swapoff", "syslog", "acct", "quotactl",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "open_by_handle_at", "name_to_handle_at",
-    "fanotify_init", "lookup_dcookie", "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick",
-    "mount_setattr", "pidfd_getfd")
-# CLONE_NEWUSER, NEWPID, NEWNET, NEWUTS, NEWIPC, NEWNS, NEWCGROUP
-_CLONE_NAMESPACE_FLAGS = (0x10000000, 0x20000000, 0x40000000, 0x04000000, 0x08000000, 0x00020000, 0x02000000)
-
-
-def build_seccomp_filter():
-    """A pyseccomp filter (not loaded yet), or None when libseccomp is unavailable here."""
-    try:
-        import pyseccomp as sc
-    except (ImportError, OSError):
-        return None
-    try:
-        filt = sc.SyscallFilter(defaction=sc.ALLOW)
-        deny = sc.ERRNO(errno.EPERM)
-        for name in _DENIED_SYSCALLS:
-            try:
-                filt.add_rule(deny, name)
-            except (OSError, ValueError):
-                pass  # syscall unknown on this architecture/kernel
-        # Network: only Unix sockets (Python's own machinery); no IP, raw, packet or netlink sockets.
-        for family in (socket.AF_INET, socket.AF_INET6, socket.AF_PACKET, socket.AF_NETLINK):
-            filt.add_rule(deny, "socket", sc.Arg(0, sc.EQ, family))
-        # New namespaces through clone flags; clone3 hides its flags in memory, so make glibc fall back to clone.
-        for flag in _CLONE_NAMESPACE_FLAGS:
-            filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-        filt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-        return filt
-    except Exception:  # noqa: BLE001 - any libseccomp failure means: run without this layer
-        return None
 
 
 # ---------------------------------------------------------------- per-episode process layers

@@ -10,6 +10,7 @@ Run as `python -m envs.sandbox.server` by envs/sandbox/sandbox.py; not a user en
 """
 from __future__ import annotations
 
+import collections
 import gc
 import importlib
 import os
@@ -54,7 +55,9 @@ class Server:
         self.uid_mode = bool(init["uid_mode"])
         index = int(init["index"])
         first = self.cfg.uid_base + index * self.cfg.uids_per_server
-        self.free_uids = list(range(first + self.cfg.uids_per_server - 1, first - 1, -1))
+        # First in, first out: a freed uid goes to the back of the queue, so the next episode never
+        # gets the uid the last one just left (whatever that one left behind is gone long before).
+        self.free_uids = collections.deque(range(first, first + self.cfg.uids_per_server))
         self.episodes: dict[str, Episode] = {}
         self.by_fd: dict[int, Episode] = {}
         self.cleanup: list[tuple[Episode, bool]] = []   # ended episodes whose uid sweep and folder removal are pending
@@ -161,7 +164,7 @@ class Server:
         except InputImageError as exc:
             self.reply({"id": rid, "error": str(exc), "error_type": "input"})
             return
-        uid = self.free_uids.pop() if self.uid_mode else None
+        uid = self.free_uids.popleft() if self.uid_mode else None
         work_dir, out_dir = request["work_dir"], request["out_dir"]
         ep_dir = os.path.dirname(work_dir.rstrip("/"))
         os.makedirs(ep_dir, exist_ok=True)
