@@ -19,7 +19,8 @@ import traceback
 
 from . import isolation
 from .config import SandboxConfig
-from .images import IMAGE_SUFFIXES, image_candidate_ok
+from .images import IMAGE_SUFFIXES
+from .outputs import hand_over
 from .wire import read_message, write_message
 
 _PRINTED_PATH = re.compile(r"[^\s'\"<>|,;:()\[\]{}]+\.(?:png|jpe?g|bmp|webp|tiff?|gif)\b", re.IGNORECASE)
@@ -28,6 +29,8 @@ _MAX_SCANNED_ENTRIES = 5000   # files looked at per scan of the work dir
 _MAX_SCAN_DEPTH = 16
 _MAX_CANDIDATES = 64          # possible output images checked per run
 _EPISODE_PID = [0]
+# Where re-encoded outputs wait for the server (which copies, checks and then removes them).
+STAGING_DIR = ".thyme-staging"
 
 
 class CappedOutput(io.TextIOBase):
@@ -190,6 +193,8 @@ def _files_in(folder: str) -> dict[str, tuple]:
             continue
         for entry in entries:
             visited += 1
+            if depth == 0 and entry.name == STAGING_DIR:
+                continue
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if depth < _MAX_SCAN_DEPTH:
@@ -265,21 +270,26 @@ def _run_code(code: str, g: dict, cfg: SandboxConfig, work_dir: str) -> dict:
     candidates += sorted((p for p, ident in after_files.items() if before_files.get(p) != ident),
                          key=lambda p: after_files[p][0])
     images, seen = [], set()
+    staging = os.path.join(work_dir, STAGING_DIR)
     for path in candidates[:_MAX_CANDIDATES]:
         full = os.path.normpath(os.path.join(work_dir, path))
         if full in seen:
             continue
         seen.add(full)
-        if image_candidate_ok(full, work_dir, max_pixels=cfg.max_image_pixels, max_bytes=cfg.max_image_bytes):
-            images.append(full)
+        # PNG/JPEG the server takes as they are; anything else re-encoded here, under our limits.
+        handed = hand_over(full, work_dir, staging, max_pixels=cfg.max_image_pixels, max_bytes=cfg.max_image_bytes)
+        if handed:
+            images.append(handed)
         if len(images) >= cfg.max_images_per_run:
             break
     return {"ok": error is None, "stdout": stdout, "error": error, "images": images, "duration_s": duration}
 
 
-def episode_main(sock_fd: int, spec: dict, cfg: SandboxConfig, seccomp_filter, cache: dict) -> None:
-    """Entry point in the forked process; never returns."""
+def episode_main(sock_fd: int, cfg: SandboxConfig, seccomp_filter, cache: dict) -> None:
+    """Entry point in the process forked from an image zygote; never returns. Its folder, uid and
+    the rest of its spec come first over its own channel (nothing of them was in the zygote)."""
     try:
+        spec = read_message(sock_fd, max_bytes=1 << 20)["spec"]
         _lock_down(sock_fd, spec, cfg, seccomp_filter)
         _EPISODE_PID[0] = os.getpid()
         g = _presets(spec, cache)
