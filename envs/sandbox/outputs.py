@@ -142,18 +142,24 @@ def check_png(reader: Reader, *, max_pixels: int, decode: bool = True):
                     return False, "truncated PNG chunk"
                 remaining -= len(piece)
                 crc = zlib.crc32(piece, crc)
-                if kind == b"IDAT" and decode:
+                work += len(piece)
+                data = piece if kind == b"IDAT" and decode else b""
+                while data:  # inflated a slice at a time: 1 KB of zeros can stand for 1 MB of pixels
                     try:
-                        pixels = inflater.decompress(piece, expected - produced + 1)
+                        pixels = inflater.decompress(data, min(expected - produced + 1, 4 * SLICE_BYTES))
                     except zlib.error:
                         return False, "PNG pixel data is not a valid zlib stream"
-                    if inflater.unconsumed_tail or produced + len(pixels) > expected:
+                    if produced + len(pixels) > expected:
                         return False, "PNG pixel data is larger than its header says"
                     first = (-produced) % row  # offsets of the filter-type bytes that start each row
                     if max(pixels[first::row], default=0) > 4:
                         return False, "PNG row with an invalid filter type"
                     produced += len(pixels)
-                work += len(piece)
+                    data = inflater.unconsumed_tail
+                    work += len(pixels)
+                    if work >= 4 * SLICE_BYTES:
+                        work = 0
+                        yield
                 if work >= SLICE_BYTES:
                     work = 0
                     yield
@@ -259,7 +265,7 @@ def hand_over(path: str, work_dir: str, staging: str, *, max_pixels: int, max_by
             return None
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
-            accepted, _ = finish(check_image(Reader(fd, max_bytes), max_pixels=max_pixels, decode=False))
+            accepted, _ = finish(check_image(Reader(fd, st.st_size), max_pixels=max_pixels, decode=False))
         finally:
             os.close(fd)
         if accepted and _decodes(path):
