@@ -25,6 +25,7 @@ import time
 import traceback
 
 from . import isolation
+from .cgroups import EpisodeCgroup
 from .config import config_from_dict
 from .outputs import OutputIntake
 from .quota import over_quota
@@ -50,6 +51,7 @@ class Episode:
         self.result: dict | None = None           # that run's result, sent when the intake is done
         self.lost_state = ""        # why the next run starts with fresh variables
         self.note = ""
+        self.cgroup: EpisodeCgroup | None = None
 
 
 class Server:
@@ -73,6 +75,7 @@ class Server:
         self.seccomp = seccomp is not None
         self.landlock_abi = isolation.landlock_abi() if self.cfg.landlock else 0
         self.read_roots = isolation.read_roots()  # computed here: the episode uid may not read sysconfig
+        self.cgroup_info = init.get("cgroup")      # this server's cgroup folders, or None (rlimits only)
         # Forked now, before the first request is read: the zygote's memory holds no request data.
         self.root = RootZygote(self.cfg, seccomp)
 
@@ -85,7 +88,8 @@ class Server:
         self.selector.register(self.proto_in, selectors.EVENT_READ, None)
         self.selector.register(self.root.sock.fileno(), selectors.EVENT_READ, None)
         self.reply({"ready": True, "pid": os.getpid(), "uid_mode": self.uid_mode, "seccomp": self.seccomp,
-                    "landlock_abi": self.landlock_abi})
+                    "landlock_abi": self.landlock_abi,
+                    "cgroup": self.cgroup_info["version"] if self.cgroup_info else None})
         while True:
             pending = [e.deadline for e in self.episodes.values() if e.request_id is not None or e.starting is not None]
             timeout = max(0.0, min(pending) - time.monotonic()) if pending else 1.0
@@ -200,6 +204,15 @@ class Server:
                 "use_cache": self.cfg.decode_cache_mb > 0, "aliases": request.get("aliases") or {},
                 "readable": self.read_roots + sorted({os.path.dirname(p) for p in request["images"]})}
         episode = Episode(ep_id, spec, zygote)
+        if self.cgroup_info:
+            try:
+                episode.cgroup = EpisodeCgroup(self.cgroup_info, f"ep-{ep_id}", memory_mb=self.cfg.memory_mb,
+                                               cpus=self.cfg.episode_cpus, max_processes=self.cfg.max_processes)
+            except OSError as exc:
+                if uid is not None:
+                    self.free_uids.append(uid)
+                self.reply({"id": rid, "error": f"could not make the episode's cgroup: {exc}"})
+                return
         zygote.users += 1
         zygote.last_used = time.monotonic()
         self.episodes[ep_id] = episode
@@ -264,6 +277,8 @@ class Server:
             if self.zygotes.get(episode.zygote.key) is episode.zygote:
                 self.zygotes.pop(episode.zygote.key)
             raise
+        if episode.cgroup is not None:  # before its code runs: what it allocates from now on counts there
+            episode.cgroup.add(episode.proc.pid)
         episode.sock.settimeout(5)
         episode.sock.sendall(encode({"spec": episode.spec}))
         episode.sock.setblocking(False)
@@ -387,6 +402,7 @@ class Server:
         if episode.intake is not None:  # killed while its outputs were being checked
             episode.intake.abandon()
             episode.intake, episode.result = None, None
+        self.account(episode, result)
         over = over_quota([episode.spec["work_dir"], episode.spec["out_dir"]],
                           max_bytes=self.cfg.max_episode_disk_mb * 2**20, max_entries=self.cfg.max_episode_files,
                           max_depth=self.cfg.max_episode_depth)
@@ -409,6 +425,23 @@ class Server:
         episode.request_id = None
         self.reply(result)
 
+    def account(self, episode: Episode, result: dict) -> None:
+        """At the end of each run, with a cgroup: processes the run started end with it (no detached
+        process burns CPU between runs), and the CPU of all the episode's processes together counts
+        against episode_cpu_time_s."""
+        cg = episode.cgroup
+        if cg is None:
+            return
+        if episode.proc is not None and len(cg.procs()) > 1:
+            cg.kill_all(spare=episode.proc.pid)  # its pid is reserved while the zygote has not reaped it
+        used = cg.cpu_seconds()
+        if used > self.cfg.episode_cpu_time_s:
+            self.kill(episode)
+            episode.lost_state = "note: the episode used up its CPU time; variables from earlier runs were lost"
+            result.update(ok=False, images=[], error=(result.get("error") or "") + (
+                f"\nCPUTimeError: the episode's processes together used {used:.0f} s of CPU, over its "
+                f"{self.cfg.episode_cpu_time_s} s (sandbox.episode_cpu_time_s)").lstrip("\n"))
+
     def child_failed(self, episode: Episode, reason: str | None = None) -> None:
         if episode.starting is not None:
             self.start_failed(episode, episode.starting, reason or "it ended before it was ready")
@@ -416,6 +449,9 @@ class Server:
         status = self.kill(episode)
         if reason is None:
             reason = _describe_exit(status)
+            if episode.cgroup is not None and episode.cgroup.new_oom_kill():
+                reason = (f"its processes together went over the episode's memory limit of "
+                          f"{self.cfg.memory_mb} MB (sandbox.memory_mb) and the kernel stopped them")
         episode.lost_state = ("note: the previous run ended the episode's process; variables from earlier "
                               "runs were lost (files in the output folder are kept)")
         if episode.request_id is not None:
@@ -455,6 +491,8 @@ class Server:
             return None
         proc.kill()
         isolation.kill_process_group(proc.pid)
+        if episode.cgroup is not None:
+            episode.cgroup.kill_all(spare=proc.pid)  # the rest of its processes, however detached
         if sweep_uid and episode.spec["uid"] is not None:
             isolation.kill_uid(episode.spec["uid"])
         status = episode.zygote.reap(proc.pid)
@@ -475,7 +513,9 @@ class Server:
     def clean_one(self) -> None:
         episode, remove_files = self.cleanup.pop(0)
         if episode.spec["uid"] is not None:
-            isolation.kill_uid(episode.spec["uid"])
+            isolation.kill_uid(episode.spec["uid"], remove_ipc=True)
+        if episode.cgroup is not None:
+            episode.cgroup.remove()
         if remove_files:
             _remove_tree(os.path.dirname(episode.spec["work_dir"].rstrip("/")))
         if episode.spec["uid"] is not None:
@@ -569,6 +609,7 @@ def main() -> None:
     import cv2
     cv2.setNumThreads(1)  # OpenCV's thread pool would trip the per-episode process limit
     isolation.become_subreaper()
+    isolation.drop_server_capabilities()  # before the zygotes fork: they and episodes inherit the rest
     gc.freeze()  # keep the warm heap out of the collector so forked zygotes and episodes share its pages
     Server(proto_in, proto_out, init).serve()
 
