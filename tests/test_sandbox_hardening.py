@@ -308,3 +308,182 @@ def test_hostile_output_path_is_checked_before_it_is_opened(isolation, image):
         os.close(fd)
         assert opened.is_set()
         os.unlink(fifo)
+
+
+# ------------------------------------------------------------------ 8. SysV IPC and uid reuse
+IPC = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+       "shm = libc.shmget(0, 1 << 20, 0o1600)\nsem = libc.semget(0, 1, 0o1600)\nmsg = libc.msgget(0, 0o1600)\n"
+       "print(shm, sem, msg, ctypes.get_errno())\n")
+
+
+def test_hostile_sysv_ipc_is_denied(sb, image):
+    with sb.episode(images=[image]) as ep:
+        reply = _raw(ep, IPC)
+        assert reply["stdout"].strip() == "-1 -1 -1 1", reply  # EPERM from the syscall filter
+
+
+def _sysv_owned_by(uid: int) -> list[str]:
+    owned = []
+    for kind in ("shm", "sem", "msg"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            header, *rows = [line.split() for line in f]
+        column = header.index("uid")
+        owned += [f"{kind} {row[1]}" for row in rows if int(row[column]) == uid]
+    return owned
+
+
+def test_hostile_ipc_objects_are_removed_at_episode_end(image):
+    """Without the syscall filter (and Landlock), an episode can make SysV objects and POSIX shared
+    memory. Process mode: they would live in the host's IPC namespace. All go when the episode ends."""
+    with Sandbox(timeout_s=5.0, isolation="process", seccomp=False, landlock=False) as sandbox:
+        ep = sandbox.episode(images=[image])
+        name = f"/dev/shm/thyme-{uuid.uuid4().hex[:8]}"
+        reply = _raw(ep, IPC + f"open({name!r}, 'w').write('left behind')")
+        shm, sem, msg = (int(x) for x in reply["stdout"].split()[:3])
+        assert min(shm, sem, msg) >= 0, reply
+        uid = ep.uid
+        assert len(_sysv_owned_by(uid)) == 3 and os.path.exists(name)
+        ep.close()
+        sandbox.wait_idle()
+        assert _sysv_owned_by(uid) == [] and not os.path.exists(name)
+
+
+def test_hostile_uids_are_not_handed_out_last_freed_first(sb, image):
+    used = []
+    for _ in range(6):
+        with sb.episode(images=[image]) as ep:
+            used.append(ep.uid)
+        sb.wait_idle()
+    assert len(set(used)) == len(used), used  # a freed uid goes to the back of the queue
+
+
+# ------------------------------------------------------------------ 9. accounting: memory, CPU, disk
+def _cgroups_here() -> bool:
+    with Sandbox(cgroup="auto") as sandbox:
+        sandbox.start()
+        return sandbox.servers[0].cgroup_version is not None
+
+
+CGROUPS = _cgroups_here()
+needs_cgroups = pytest.mark.skipif(not CGROUPS, reason="cgroups are not writable here: the fallback is tested")
+
+MEMORY_SPLIT = ("import time\nkids = []\nfor i in range(4):\n    pid = os.fork()\n    if pid == 0:\n"
+                "        x = bytearray(100 * 2**20)\n        time.sleep(2)\n        os._exit(0)\n    kids.append(pid)\n"
+                "killed = sum(os.WIFSIGNALED(os.waitpid(p, 0)[1]) for p in kids)\nprint('killed', killed)")
+
+
+@needs_cgroups
+def test_hostile_memory_is_limited_per_episode(image):
+    """memory_mb bounds the episode's processes together: four forks of 100 MB each at memory_mb=128."""
+    with Sandbox(timeout_s=10.0, memory_mb=128) as sandbox, sandbox.episode(images=[image]) as ep:
+        reply = _raw(ep, MEMORY_SPLIT, timeout=10)
+        assert reply.get("ok"), reply
+        assert int(reply["stdout"].split()[1]) >= 2, reply  # at most 192 MB (+ headroom) in all
+        assert ep.run("print('alive')").stdout == "alive\n"
+
+
+def test_memory_falls_back_to_per_process_limits_without_cgroups(image):
+    """sandbox.cgroup=off (as where cgroups are not writable): each process has memory_mb of its own."""
+    with Sandbox(timeout_s=10.0, memory_mb=128, cgroup="off") as sandbox, sandbox.episode(images=[image]) as ep:
+        assert sandbox.servers[0].cgroup_version is None
+        reply = _raw(ep, MEMORY_SPLIT, timeout=10)
+        assert reply["stdout"].strip() == "killed 0", reply
+        assert "MemoryError" in _raw(ep, "x = bytearray(300 * 2**20)")["error"]
+
+
+def test_unwritable_cgroups_fall_back_with_a_warning(tmp_path, image):
+    """A real machine where cgroups cannot be used: /sys/fs/cgroup hidden by an empty tmpfs in a
+    private mount namespace. cgroup=auto warns once and runs; cgroup=require refuses to start."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import warnings, sys\nfrom envs.sandbox import Sandbox, SandboxStartError\n"
+        "with warnings.catch_warnings(record=True) as seen:\n    warnings.simplefilter('always')\n"
+        "    with Sandbox(timeout_s=5.0) as sb, sb.episode(images=[sys.argv[1]]) as ep:\n"
+        "        print('ran', ep.run('print(6 * 7)').stdout.strip(), sb.servers[0].cgroup_version)\n"
+        "print('warned', any('cgroups are unavailable' in str(w.message) for w in seen))\n"
+        "try:\n    Sandbox(cgroup='require').start()\nexcept SandboxStartError as exc:\n    print('refused', 'require' in str(exc))\n")
+    import subprocess
+    import sys as _sys
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f"mount -t tmpfs none /sys/fs/cgroup && exec {_sys.executable} {script} {image}"],
+                          capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.stdout.split("\n")[:3] == ["ran 42 None", "warned True", "refused True"], done.stdout + done.stderr
+
+
+@needs_cgroups
+def test_hostile_cpu_rate_is_limited_per_episode(image):
+    """Eight threads burning for 2 s get episode_cpus of CPU, not every core."""
+    code = ("import threading, time\nstop = time.monotonic() + 2\n"
+            "def burn():\n    while time.monotonic() < stop:\n        pass\n"
+            "ts = [threading.Thread(target=burn) for _ in range(8)]\nc = time.process_time()\n"
+            "[t.start() for t in ts]\n[t.join() for t in ts]\nprint(round(time.process_time() - c, 2))")
+    with Sandbox(timeout_s=10.0, episode_cpus=0.25) as sandbox, sandbox.episode(images=[image]) as ep:
+        reply = _raw(ep, code, timeout=10)
+        assert float(reply["stdout"]) < 0.25 * 2 * 1.5, reply
+
+
+@needs_cgroups
+def test_hostile_cpu_total_counts_every_process(image):
+    """Two forks burning 1.5 s each: per process under cpu_time_s, together over episode_cpu_time_s."""
+    code = ("import time\nkids = []\nfor _ in range(2):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        c = time.process_time()\n        while time.process_time() - c < 1.5:\n            pass\n"
+            "        os._exit(0)\n    kids.append(pid)\n[os.waitpid(p, 0) for p in kids]\nprint('burnt')")
+    with Sandbox(timeout_s=20.0, cpu_time_s=2, episode_cpu_time_s=2) as sandbox, \
+            sandbox.episode(images=[image]) as ep:
+        reply = _raw(ep, code, timeout=20)
+        assert "CPUTimeError" in (reply.get("error") or ""), reply
+        assert "variables from earlier runs were lost" in ep.run("print(1)").error
+
+
+@needs_cgroups
+def test_hostile_detached_process_cannot_burn_cpu_between_runs(sb, image):
+    code = ("if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        while True:\n            pass\n"
+            "    os._exit(0)\nimport time\ntime.sleep(0.2)\nprint('detached')")
+    with sb.episode(images=[image]) as ep:
+        assert _raw(ep, code)["stdout"] == "detached\n"
+        time.sleep(0.3)
+        mine = [p for p in psutil.process_iter(["uids", "status"]) if p.info["uids"]
+                and p.info["uids"].real == ep.uid and p.info["status"] != psutil.STATUS_ZOMBIE]
+        assert len(mine) == 1, [p.pid for p in mine]  # only the episode's main process is left (the
+        # first child's exit status is still its to collect)
+
+
+def test_hostile_disk_quota_counts_outputs_unlinked_and_deep_files(image):
+    with Sandbox(timeout_s=10.0, max_episode_disk_mb=5, max_episode_depth=20) as sandbox:
+        with sandbox.episode(images=[image]) as ep:
+            # A file unlinked while open would hold disk space that no walk sees: it cannot lose its name.
+            reply = _raw(ep, "f = open('hidden.bin', 'wb')\nf.write(os.urandom(6 * 2**20))\nf.flush()\n"
+                             "try:\n    os.unlink('hidden.bin')\nexcept OSError as e:\n    print('unlink', e.errno)\n"
+                             "try:\n    os.open('.', os.O_TMPFILE | os.O_WRONLY)\nexcept OSError as e:\n    print('tmpfile', e.errno)\n"
+                             "keep_open = f")
+            assert reply["stdout"] == "unlink 1\ntmpfile 1\n" and "DiskQuotaError" in reply["error"], reply
+        with sandbox.episode(images=[image]) as ep:
+            reply = _raw(ep, "for _ in range(30):\n    os.mkdir('d')\n    os.chdir('d')\nprint('deep')")
+            assert "DiskQuotaError" in reply["error"] and "nested more than 20" in reply["error"], reply
+        with sandbox.episode(images=[image]) as ep:
+            # The same 1.5 MB file each run: the work dir stays at 1.5 MB, the accepted copies pile up.
+            save = "Image.fromarray(np.random.randint(0, 255, (700, 720, 3), np.uint8)).save('noise.png')"
+            results = [ep.run(save) for _ in range(3)]
+            assert results[0].ok and results[1].ok and len(results[1].images) == 1
+            assert "DiskQuotaError" in results[2].error and "accepted output images count" in results[2].error
+
+
+# ------------------------------------------------------------------ 10. the server's capabilities
+@pytest.mark.parametrize("isolation", ["auto", "process"])
+def test_hostile_server_runs_with_only_the_capabilities_it_needs(isolation, image):
+    from envs.sandbox.isolation import SERVER_CAPABILITIES
+
+    expected = sum(1 << c for c in SERVER_CAPABILITIES)
+    with Sandbox(timeout_s=5.0, isolation=isolation) as sandbox, sandbox.episode(images=[image]) as ep:
+        assert ep.run("print(1)").ok
+        top = psutil.Process(sandbox.servers[0].proc.pid)
+        # bwrap's own two processes only set up and wait; every process that reads requests or files is Python.
+        pythons = [p for p in [top] + top.children(recursive=True)
+                   if p.name() != "bwrap" and "envs.sandbox.server" in " ".join(p.cmdline())]
+        assert len(pythons) >= 4  # the server, the root zygote, an image zygote, the episode
+        for proc in pythons:
+            caps = {line.split(":")[0]: int(line.split()[1], 16)
+                    for line in open(f"/proc/{proc.pid}/status") if line.startswith("Cap")}
+            assert caps["CapBnd"] == expected, (proc.pid, hex(caps["CapBnd"]))
+            assert caps["CapEff"] == (0 if proc.uids().real == ep.uid else expected), (proc.pid, hex(caps["CapEff"]))
+            assert caps["CapInh"] == 0 and caps.get("CapAmb", 0) == 0
