@@ -24,6 +24,11 @@ _PERIOD_US = 100_000
 # Pages of the warm libraries an episode process dirties (reference counts, its own heap) are
 # charged to its cgroup; measured here at about 10-20 MB. Added to memory_mb so the code keeps it all.
 HEADROOM_MB = 64
+# CPU priority of a run falls as its CPU time grows past this (an OS's favour for short jobs): a
+# snippet that crops and answers in ~0.1 s of CPU keeps full weight, a burner's weight is a tenth of
+# it after one second, so short runs beside it still get the CPU they need. Between runs: the least.
+_FULL_WEIGHT_CPU_S = 0.1
+_WEIGHTS = {1: (2, 1024), 2: (1, 100)}   # (least, default) of cpu.shares (v1) and cpu.weight (v2)
 
 
 def _mounts() -> list[tuple[str, str, str, str]]:
@@ -153,6 +158,16 @@ def _rmdir(folder: str) -> None:
             time.sleep(0.01)
 
 
+def set_server_weight(info: dict, running: int) -> None:
+    """The server folder's CPU weight: one process's weight per episode running code. Every episode
+    then weighs what a single process weighs beside the machine's other work, as it did before it had
+    a cgroup, however many threads and processes it runs: a neighbour's burner threads count once."""
+    least, full = _WEIGHTS[info["version"]]
+    weight = min(262144 if info["version"] == 1 else 10000, full * max(1, running))
+    name = "cpu.weight" if info["version"] == 2 else "cpu.shares"
+    _try_write(os.path.join(info["dirs"]["" if info["version"] == 2 else "cpu"], name), str(weight))
+
+
 class EpisodeCgroup:
     """One episode's cgroup, made by the server inside its own folder."""
 
@@ -176,6 +191,9 @@ class EpisodeCgroup:
             _write(os.path.join(self.dirs["cpu"], "cpu.cfs_quota_us"), str(quota))
             _write(os.path.join(self.dirs["pids"], "pids.max"), str(max_processes))
         self.oom_seen = self.oom_kills()
+        self.run_started_cpu: float | None = None   # the episode's CPU seconds when its current run began
+        self.weight = -1
+        self.set_weight(idle=True)
 
     def _file(self, controller: str, name: str) -> str:
         return os.path.join(self.dirs["" if self.version == 2 else controller], name)
@@ -200,6 +218,27 @@ class EpisodeCgroup:
             return int(_read(self._file("cpuacct", "cpuacct.usage"))) / 1e9
         except (OSError, KeyError, ValueError):
             return 0.0
+
+    def run_begins(self) -> None:
+        self.run_started_cpu = self.cpu_seconds()
+        self.set_weight()
+
+    def run_ends(self) -> None:
+        self.run_started_cpu = None
+        self.set_weight(idle=True)
+
+    def set_weight(self, idle: bool = False) -> None:
+        """The cgroup's CPU weight from the CPU time the current run has used so far (see above)."""
+        least, full = _WEIGHTS[self.version]
+        if idle or self.run_started_cpu is None:
+            weight = least
+        else:
+            used = self.cpu_seconds() - self.run_started_cpu
+            weight = max(least, int(full * min(1.0, _FULL_WEIGHT_CPU_S / max(used, 1e-9))))
+        if weight != self.weight:
+            self.weight = weight
+            name = "cpu.weight" if self.version == 2 else "cpu.shares"
+            _try_write(self._file("cpu", name), str(weight))
 
     def oom_kills(self) -> int:
         name = "memory.events" if self.version == 2 else "memory.oom_control"

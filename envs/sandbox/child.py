@@ -117,6 +117,8 @@ def _presets(spec: dict, cache: dict) -> dict:
         return original_imread(filename, flags, *args, **kwargs)
 
     def imwrite(filename, img, *args, **kwargs):
+        if not args and not kwargs and _stored_png(filename, getattr(img, "nbytes", None)):
+            args = ([cv2.IMWRITE_PNG_COMPRESSION, 0],)
         # cv2.imwrite returns False (no exception) when it cannot write: make that an error the model sees.
         ok = original_imwrite(filename, img, *args, **kwargs)
         if not ok and _make_parent(filename, output_dir):
@@ -139,6 +141,9 @@ def _presets(spec: dict, cache: dict) -> dict:
     original_save = Image.Image.save
 
     def save(self, fp, format=None, **params):
+        if (format is None or str(format).upper() == "PNG") and "compress_level" not in params \
+                and "optimize" not in params and _stored_png(fp, self.width * self.height * len(self.getbands())):
+            params["compress_level"] = 0
         try:
             return original_save(self, fp, format, **params)
         except FileNotFoundError:
@@ -160,6 +165,20 @@ def _presets(spec: dict, cache: dict) -> dict:
     if first is not None:
         g.update(image_width=first.width, image_height=first.height, image_size=(first.width, first.height))
     return g
+
+
+# Output PNGs up to this raw size are written without compression when the code asks for nothing
+# else: they are temporary (read back once, for the model), and a stored PNG is written and checked
+# in a fraction of the time (the server inflates every output it accepts). Larger ones compress,
+# to stay within max_image_bytes. Pixels are the same either way.
+_STORED_PNG_BYTES = 16 * 2**20
+
+
+def _stored_png(target, raw_bytes) -> bool:
+    if isinstance(target, os.PathLike):
+        target = os.fspath(target)
+    return (isinstance(target, str) and target.lower().endswith(".png") and isinstance(raw_bytes, int)
+            and raw_bytes <= _STORED_PNG_BYTES)
 
 
 def _make_parent(target, work_dir: str) -> bool:

@@ -25,7 +25,7 @@ import time
 import traceback
 
 from . import isolation
-from .cgroups import EpisodeCgroup
+from .cgroups import EpisodeCgroup, set_server_weight
 from .config import config_from_dict
 from .outputs import OutputIntake
 from .quota import over_quota
@@ -52,6 +52,7 @@ class Episode:
         self.lost_state = ""        # why the next run starts with fresh variables
         self.note = ""
         self.cgroup: EpisodeCgroup | None = None
+        self.respawn = None         # (request id, run request, note) waiting for a fresh process
 
 
 class Server:
@@ -69,6 +70,9 @@ class Server:
         self.cleanup: list[tuple[Episode, bool]] = []   # ended episodes whose uid sweep and folder removal are pending
         self.zygotes: dict[tuple, ImageZygote] = {}    # input set -> its image zygote (the decode cache)
         self.cache_hits = self.cache_misses = 0
+        self.next_weights = 0.0
+        self.weighted_running = -1
+        self.unreaped: list = []    # (zygote, process) killed but not yet exited
         self.selector = selectors.DefaultSelector()
         self.inbox = FrameBuffer(max_bytes=self.cfg.max_code_bytes * 8 + (1 << 20))
         seccomp = isolation.build_seccomp_filter() if self.cfg.seccomp else None
@@ -91,8 +95,11 @@ class Server:
                     "landlock_abi": self.landlock_abi,
                     "cgroup": self.cgroup_info["version"] if self.cgroup_info else None})
         while True:
-            pending = [e.deadline for e in self.episodes.values() if e.request_id is not None or e.starting is not None]
+            pending = [e.deadline for e in self.episodes.values()
+                       if e.request_id is not None or e.starting is not None or e.respawn is not None]
             timeout = max(0.0, min(pending) - time.monotonic()) if pending else 1.0
+            if pending and self.cgroup_info:
+                timeout = min(timeout, 0.05)  # CPU weights of running episodes follow their CPU time
             checking = [e for e in self.episodes.values() if e.intake is not None]
             if self.cleanup or checking:
                 timeout = 0.0
@@ -109,9 +116,12 @@ class Server:
                         self.guarded(self.zygote_ready, owner)
                     elif owner is not None:
                         self.guarded(self.read_child, owner)
-            for episode in checking:  # one slice of each run's output checks, round robin
-                self.guarded(self.check_outputs, episode)
+            if checking:  # one slice of output checks: the run whose checks have taken least time so far
+                self.guarded(self.check_outputs, min(checking, key=lambda e: e.intake.spent))
             self.guarded(self.enforce_deadlines)
+            if time.monotonic() >= self.next_weights:
+                self.next_weights = time.monotonic() + 0.05
+                self.guarded(self.update_weights)
             if self.cleanup:
                 self.guarded(self.clean_one)
             self.guarded(self.reap)
@@ -286,51 +296,40 @@ class Server:
         self.by_fd[episode.sock.fileno()] = episode
         self.selector.register(episode.sock.fileno(), selectors.EVENT_READ, None)
 
-    def spawn(self, episode: Episode) -> str | None:
-        """A fresh process for an episode that lost its own (timeout, crash), waited for here."""
-        try:
-            self.fork_child(episode)
-        except OSError as exc:
-            return f"the image zygote could not fork ({exc})"
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WireError(f"no answer in {_START_TIMEOUT_S:g} s")
-                ready, _, _ = select.select([episode.sock], [], [], remaining)
-                if ready:
-                    chunk = episode.sock.recv(1 << 16)
-                    if not chunk:
-                        raise WireError("channel closed")
-                    messages = episode.buffer.feed(chunk)
-                    if messages:
-                        hello = messages[0]
-                        break
-        except (WireError, OSError) as exc:
-            self.kill(episode)
-            return f"the episode process did not report ready ({exc})"
-        if not hello.get("ready"):
-            self.kill(episode)
-            return str(hello.get("error"))
-        return None
-
     def run(self, rid, request: dict) -> None:
         episode = self.episodes.get(str(request.get("ep")))
         if episode is None:
             self.reply({"id": rid, "error": f"unknown episode {request.get('ep')!r}"})
             return
-        if episode.request_id is not None or episode.starting is not None:
+        if episode.request_id is not None or episode.starting is not None or episode.respawn is not None:
             self.reply({"id": rid, "error": "this episode is busy (starting or running code); wait for it"})
             return
-        note = ""
-        if episode.proc is None:  # killed by a timeout or crash earlier: a fresh process, same folder
-            note = episode.lost_state
-            problem = self.spawn(episode)
-            if problem:
-                self.reply({"id": rid, "error": f"could not restart the episode process: {problem}"})
+        if episode.proc is None:  # killed by a timeout or crash earlier: a fresh process, same folder;
+            try:                  # the run is sent when it reports ready, and the server goes on meanwhile
+                self.fork_child(episode)
+            except (OSError, ValueError) as exc:
+                self.reply({"id": rid, "error": f"could not restart the episode process: {exc}"})
                 return
+            episode.respawn = (rid, request, episode.lost_state)
+            episode.deadline = time.monotonic() + _START_TIMEOUT_S
+            return
+        self.send_run(episode, rid, request, note="")
+
+    def respawned(self, episode: Episode, hello: dict | None) -> None:
+        """The fresh process of an episode reported (hello) or died (None): run the waiting code."""
+        (rid, request, note), episode.respawn = episode.respawn, None
+        if not hello or not hello.get("ready"):
+            self.kill(episode)
+            problem = (hello or {}).get("error") or "it did not report ready"
+            self.reply({"id": rid, "error": f"could not restart the episode process: {problem}"})
+            return
+        self.send_run(episode, rid, request, note)
+
+    def send_run(self, episode: Episode, rid, request: dict, note: str) -> None:
         episode.request_id, episode.lost_state = rid, ""
+        if episode.cgroup is not None:
+            episode.cgroup.run_begins()
+            self.next_weights = 0.0  # the server folder's weight follows at once
         episode.started = time.monotonic()
         episode.deadline = episode.started + float(request.get("timeout") or self.cfg.timeout_s)
         episode.note = note
@@ -350,6 +349,9 @@ class Server:
         except OSError:
             chunk = b""
         if not chunk:
+            if episode.respawn is not None:
+                self.respawned(episode, None)
+                return
             self.child_failed(episode)
             return
         try:
@@ -361,6 +363,9 @@ class Server:
             return
         if episode.starting is not None:
             self.started(episode, messages[0])
+            return
+        if episode.respawn is not None:
+            self.respawned(episode, messages[0])
             return
         if episode.request_id is None or episode.intake is not None:
             # Nothing was asked: a thread the code left running is writing to the channel. Stop it.
@@ -432,6 +437,7 @@ class Server:
         cg = episode.cgroup
         if cg is None:
             return
+        cg.run_ends()
         if episode.proc is not None and len(cg.procs()) > 1:
             cg.kill_all(spare=episode.proc.pid)  # its pid is reserved while the zygote has not reaped it
         used = cg.cpu_seconds()
@@ -464,6 +470,8 @@ class Server:
         for episode in list(self.episodes.values()):
             if episode.starting is not None and now >= episode.deadline:
                 self.start_failed(episode, episode.starting, f"it did not report ready within {_START_TIMEOUT_S:g} s")
+            elif episode.respawn is not None and now >= episode.deadline:
+                self.respawned(episode, None)
             elif episode.request_id is not None and episode.intake is None and now >= episode.deadline:
                 limit = episode.deadline - episode.started
                 self.kill(episode)
@@ -472,6 +480,16 @@ class Server:
                 self.answer(episode, {"ok": False, "stdout": "", "timed_out": True, "images": [],
                                       "error": f"TimeoutError: the code ran longer than {limit:g} s and was stopped; "
                                                "variables from earlier runs are lost, files in the output folder are kept"})
+
+    def update_weights(self) -> None:
+        """Every 50 ms: the CPU weight of each running episode falls with its run's CPU time, and the
+        server's folder weighs one process per running episode."""
+        running = [e for e in self.episodes.values() if e.cgroup is not None and e.request_id is not None]
+        for episode in running:
+            episode.cgroup.set_weight()
+        if len(running) != self.weighted_running:
+            self.weighted_running = len(running)
+            set_server_weight(self.cgroup_info, len(running))
 
     def kill(self, episode: Episode, sweep_uid: bool = True) -> int | None:
         """Kill every process of the episode; returns its main process's wait status (None if unknown).
@@ -495,7 +513,17 @@ class Server:
             episode.cgroup.kill_all(spare=proc.pid)  # the rest of its processes, however detached
         if sweep_uid and episode.spec["uid"] is not None:
             isolation.kill_uid(episode.spec["uid"])
-        status = episode.zygote.reap(proc.pid)
+        return self.collect(episode.zygote, proc, wait_s=0.1)
+
+    def collect(self, zygote: ImageZygote, proc, wait_s: float) -> int | None:
+        """The killed process's wait status once it has exited (its pidfd turns readable), reaped by
+        its zygote; if it has not exited within wait_s (uninterruptible sleep), it is collected later
+        by the loop, so the server never blocks on it."""
+        ready, _, _ = select.select([proc.pidfd], [], [], wait_s)
+        if not ready:
+            self.unreaped.append((zygote, proc))
+            return None
+        status = zygote.reap(proc.pid)
         proc.close()
         return status
 
@@ -544,7 +572,15 @@ class Server:
         zygote.stop()
 
     def reap(self) -> None:
-        """Collect exited processes: orphans of episode processes, re-parented to us as subreaper."""
+        """Collect exited processes: killed episode processes that took their time, and orphans of
+        episode processes, re-parented to us as subreaper."""
+        for zygote, proc in list(self.unreaped):
+            if zygote.pidfd < 0:  # its zygote is gone: the orphan came to us and is reaped below
+                proc.close()
+                self.unreaped.remove((zygote, proc))
+            elif select.select([proc.pidfd], [], [], 0)[0]:
+                self.unreaped.remove((zygote, proc))
+                self.collect(zygote, proc, wait_s=0)
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)

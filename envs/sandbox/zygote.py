@@ -124,9 +124,8 @@ def _image_zygote_main(chan: socket.socket, parent_chan: socket.socket, cfg, sec
             send(chan, {"status": _reap(int(message["pid"]))})
 
 
-def _reap(pid: int, wait_s: float = 5.0) -> int | None:
-    """Wait for an episode process the server has killed; None if it is not gone in time (a process
-    in uninterruptible sleep): it is reaped with the next request."""
+def _reap(pid: int, wait_s: float = 1.0) -> int | None:
+    """Reap an episode process the server has seen exit (its pidfd readable): at once, normally."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
