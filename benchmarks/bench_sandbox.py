@@ -124,7 +124,7 @@ def neighbours_p99(image_path, n):
     blocks of honest runs alternate between the neighbours paused and running, so a change in the
     machine's load hits both alike."""
     alone, beside = [], []
-    with Sandbox() as sb, sb.episode(images=[image_path]) as honest:
+    with Sandbox() as sb:
         hostile = {name: sb.episode(images=[image_path]) for name in NEIGHBOURS}
         go, stop = threading.Event(), threading.Event()
         counts = {name: 0 for name in NEIGHBOURS}
@@ -139,14 +139,15 @@ def neighbours_p99(image_path, n):
         threads = [threading.Thread(target=neighbour, args=(name,), daemon=True) for name in NEIGHBOURS]
         for t in threads:
             t.start()
-        honest.run(CROP)
         block = 10
         for i in range(0, n, block):
             for with_neighbours in (False, True):
-                if with_neighbours:
-                    go.set()
-                    time.sleep(0.5)  # let them get going
-                times = timed_runs(honest, CROP, block)
+                with sb.episode(images=[image_path]) as honest:  # a fresh episode per block, as in RL
+                    honest.run(CROP)
+                    if with_neighbours:
+                        go.set()
+                        time.sleep(0.5)  # let them get going
+                    times = timed_runs(honest, CROP, block)
                 (beside if with_neighbours else alone).extend(times)
                 go.clear()
                 time.sleep(0.5 if with_neighbours else 0)  # let their runs in flight finish

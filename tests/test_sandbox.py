@@ -343,6 +343,19 @@ def test_cli(tmp_path, images):
     done = subprocess.run(cmd + ["--same-episode", str(a), str(b)], capture_output=True, text=True, cwd=REPO, timeout=120)
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 0 and rows[1]["stdout"] == "4\n" and "ValueError: bad" in rows[1]["error"]
+    # The output images it prints outlive the command (the sandbox's own folders do not).
+    c = tmp_path / "c.py"
+    c.write_text("cv2.imwrite('crop.png', cv2.imread(image_path)[:20, :30])\nprint('crop.png')")
+    kept = tmp_path / "kept"
+    for extra in ([], ["--outputs", str(kept)]):
+        done = subprocess.run(cmd + extra + [str(c), str(c)], capture_output=True, text=True, cwd=REPO, timeout=120)
+        rows = [json.loads(line) for line in done.stdout.splitlines()]
+        images = [p for r in rows for p in r["images"]]
+        assert len(images) == 2 and len(set(images)) == 2, rows
+        assert all(cv2.imread(p).shape == (20, 30, 3) for p in images)
+        folder = os.path.dirname(images[0])
+        assert f"output images are kept in {folder}" in done.stderr
+        assert folder == str(kept) if extra else os.path.basename(folder).startswith("thyme-sandbox-outputs-")
     bad = subprocess.run([sys.executable, "-m", "envs.sandbox", "--timeout", "x", str(a)], capture_output=True,
                          text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "--timeout" in bad.stderr

@@ -69,6 +69,7 @@ class Server:
         self.by_fd: dict[int, object] = {}         # channel fd -> Episode or ImageZygote
         self.cleanup: list[tuple[Episode, bool]] = []   # ended episodes whose uid sweep and folder removal are pending
         self.zygotes: dict[tuple, ImageZygote] = {}    # input set -> its image zygote (the decode cache)
+        self.live_zygotes: set[ImageZygote] = set()     # every image zygote not yet stopped
         self.cache_hits = self.cache_misses = 0
         self.next_weights = 0.0
         self.weighted_running = -1
@@ -169,13 +170,13 @@ class Server:
             self.reply({"id": rid, "episodes": len(self.episodes), "cache_hits": self.cache_hits,
                         "cache_misses": self.cache_misses,
                         "cached_images": sum(len(z.key) for z in self.zygotes.values() if z.sizes is not None),
-                        "zygotes": len(self.zygotes), "pending_cleanup": len(self.cleanup)})
+                        "zygotes": len(self.live_zygotes), "pending_cleanup": len(self.cleanup)})
         elif op == "shutdown":
             for episode in list(self.episodes.values()):
                 self.finish(episode, remove_files=True, now=True)
             while self.cleanup:
                 self.clean_one()
-            for zygote in list(self.zygotes.values()):
+            for zygote in list(self.live_zygotes):
                 self.drop_zygote(zygote)
             self.reply({"id": rid, "ok": True})
             return False
@@ -191,11 +192,13 @@ class Server:
                                             "or raise sandbox.max_live_episodes"})
             return
         images = [os.path.realpath(p) for p in request["images"]]
-        zygote = self.zygotes.get(tuple(images))
+        # With the cache off (decode_cache_mb=0) every episode gets its own image zygote and decode.
+        zygote = self.zygotes.get(tuple(images)) if self.cfg.decode_cache_mb > 0 else None
         if zygote is None or zygote.error is not None:
             self.cache_misses += 1
             zygote = self.root.spawn(images)  # decodes in the background; the start waits for it
             self.zygotes[zygote.key] = zygote
+            self.live_zygotes.add(zygote)
             self.by_fd[zygote.sock.fileno()] = zygote
             self.selector.register(zygote.sock.fileno(), selectors.EVENT_READ, None)
         else:
@@ -241,7 +244,8 @@ class Server:
         reply, _ = receive(zygote.sock)
         if reply is None or reply.get("error"):
             zygote.error = (reply or {}).get("error") or "the image zygote died while decoding"
-            self.zygotes.pop(zygote.key, None)
+            if self.zygotes.get(zygote.key) is zygote:
+                self.zygotes.pop(zygote.key)
         else:
             zygote.sizes, zygote.nbytes = reply["sizes"], int(reply.get("nbytes") or 0)
         waiting, zygote.waiting = zygote.waiting, []
@@ -249,7 +253,7 @@ class Server:
             if episode.starting is not None:
                 self.begin(episode)
         if zygote.error is not None:
-            zygote.stop()
+            self.drop_zygote(zygote)
 
     def begin(self, episode: Episode) -> None:
         if episode.zygote.error is not None:
@@ -554,9 +558,9 @@ class Server:
     def evict_zygotes(self) -> None:
         """Keep the decodes of idle image zygotes within decode_cache_mb (least recently used go first)."""
         budget = self.cfg.decode_cache_mb * 2**20
-        idle = sorted((z for z in self.zygotes.values() if z.users <= 0 and z.sizes is not None),
+        idle = sorted((z for z in self.live_zygotes if z.users <= 0 and (z.sizes is not None or z.error)),
                       key=lambda z: z.last_used)
-        total = sum(z.nbytes for z in self.zygotes.values())
+        total = sum(z.nbytes for z in self.live_zygotes)
         for zygote in idle:
             if total <= budget and budget > 0:
                 break
@@ -564,7 +568,9 @@ class Server:
             self.drop_zygote(zygote)
 
     def drop_zygote(self, zygote: ImageZygote) -> None:
-        self.zygotes.pop(zygote.key, None)
+        if self.zygotes.get(zygote.key) is zygote:
+            self.zygotes.pop(zygote.key)
+        self.live_zygotes.discard(zygote)
         fd = zygote.sock.fileno()
         if fd in self.by_fd:
             self.selector.unregister(fd)
@@ -633,7 +639,9 @@ def main() -> None:
     os.dup2(devnull, 1)
     sys.stdout = sys.stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Writing to an episode process that has just died must be an error we handle (EPIPE), not a
+    # signal that ends the server; when the Sandbox goes away we see our stdin close instead.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     os.environ.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     init = read_message(proto_in)
     cfg = config_from_dict(init["config"])
