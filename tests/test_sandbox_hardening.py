@@ -6,13 +6,9 @@ The scan's own class (2: linear time, size cap) is tested in tests/test_scan.py.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import socket
-import stat
 import struct
-import tempfile
 import threading
 import time
 import uuid

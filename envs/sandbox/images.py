@@ -61,8 +61,3 @@ def decode_input(path: str, *, max_pixels: int, max_bytes: int) -> DecodedInput:
             raise InputImageError(f"input image {path!r} could not be decoded by OpenCV")
         bgr = cv2.cvtColor(np.asarray(pil.convert("RGB")), cv2.COLOR_RGB2BGR)
     return DecodedInput(path=path, width=width, height=height, bgr=bgr, pil=pil)
-
-
-def inside(path: str, folder: str) -> bool:
-    folder = folder.rstrip(os.sep) + os.sep
-    return path.startswith(folder)

@@ -17,7 +17,6 @@ import sysconfig
 from pathlib import Path
 
 from .config import SandboxConfig
-from .syscall_filter import build_seccomp_filter  # noqa: F401 - the server builds it through this module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PR_SET_PDEATHSIG = 1

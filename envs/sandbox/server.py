@@ -15,11 +15,8 @@ import collections
 import gc
 import importlib
 import os
-import select
 import selectors
-import shutil
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -29,6 +26,8 @@ from .cgroups import EpisodeCgroup, set_server_weight
 from .config import config_from_dict
 from .outputs import OutputIntake
 from .quota import over_quota
+from .stopping import collect_unreaped, describe_exit, remove_tree, stop_processes
+from .syscall_filter import build_seccomp_filter
 from .wire import FrameBuffer, WireError, encode, read_message, write_message
 from .zygote import ImageZygote, RootZygote, receive
 
@@ -76,7 +75,7 @@ class Server:
         self.unreaped: list = []    # (zygote, process) killed but not yet exited
         self.selector = selectors.DefaultSelector()
         self.inbox = FrameBuffer(max_bytes=self.cfg.max_code_bytes * 8 + (1 << 20))
-        seccomp = isolation.build_seccomp_filter() if self.cfg.seccomp else None
+        seccomp = build_seccomp_filter() if self.cfg.seccomp else None
         self.seccomp = seccomp is not None
         self.landlock_abi = isolation.landlock_abi() if self.cfg.landlock else 0
         self.read_roots = isolation.read_roots()  # computed here: the episode uid may not read sysconfig
@@ -404,7 +403,7 @@ class Server:
         result["images"] = intake.accepted
         if intake.refused:
             print(f"[sandbox server] refused output images: {intake.refused}", file=sys.stderr)
-        _remove_tree(os.path.join(episode.spec["work_dir"], ".thyme-staging"))
+        remove_tree(os.path.join(episode.spec["work_dir"], ".thyme-staging"))
         self.answer(episode, result)
 
     def answer(self, episode: Episode, result: dict) -> None:
@@ -420,7 +419,7 @@ class Server:
             self.kill(episode)
             work_dir, uid = episode.spec["work_dir"], episode.spec["uid"]
             for folder, owner in ((work_dir, uid), (episode.spec["out_dir"], None)):
-                _remove_tree(folder)
+                remove_tree(folder)
                 os.makedirs(folder, exist_ok=True)
                 if owner is not None:
                     os.chown(folder, owner, owner)
@@ -458,7 +457,7 @@ class Server:
             return
         status = self.kill(episode)
         if reason is None:
-            reason = _describe_exit(status)
+            reason = describe_exit(status)
             if episode.cgroup is not None and episode.cgroup.new_oom_kill():
                 reason = (f"its processes together went over the episode's memory limit of "
                           f"{self.cfg.memory_mb} MB (sandbox.memory_mb) and the kernel stopped them")
@@ -496,11 +495,7 @@ class Server:
             set_server_weight(self.cgroup_info, len(running))
 
     def kill(self, episode: Episode, sweep_uid: bool = True) -> int | None:
-        """Kill every process of the episode; returns its main process's wait status (None if unknown).
-
-        Through its pidfd (never a pid number); its process group too, which is safe because the
-        image zygote keeps the killed process unreaped (its pid, the group's id, reserved) until we
-        ask; and when it has its own uid, every process of that uid."""
+        """Kill every process of the episode (stopping.py); returns its main process's wait status."""
         if episode.sock is not None:
             fd = episode.sock.fileno()
             if fd in self.by_fd:
@@ -511,25 +506,8 @@ class Server:
         proc, episode.proc = episode.proc, None
         if proc is None:
             return None
-        proc.kill()
-        isolation.kill_process_group(proc.pid)
-        if episode.cgroup is not None:
-            episode.cgroup.kill_all(spare=proc.pid)  # the rest of its processes, however detached
-        if sweep_uid and episode.spec["uid"] is not None:
-            isolation.kill_uid(episode.spec["uid"])
-        return self.collect(episode.zygote, proc, wait_s=0.1)
-
-    def collect(self, zygote: ImageZygote, proc, wait_s: float) -> int | None:
-        """The killed process's wait status once it has exited (its pidfd turns readable), reaped by
-        its zygote; if it has not exited within wait_s (uninterruptible sleep), it is collected later
-        by the loop, so the server never blocks on it."""
-        ready, _, _ = select.select([proc.pidfd], [], [], wait_s)
-        if not ready:
-            self.unreaped.append((zygote, proc))
-            return None
-        status = zygote.reap(proc.pid)
-        proc.close()
-        return status
+        return stop_processes(proc, episode.zygote, episode.cgroup, episode.spec["uid"] if sweep_uid else None,
+                              self.unreaped)
 
     def finish(self, episode: Episode, remove_files: bool, now: bool = False) -> None:
         """End an episode: its process group dies at once; the sweep of its uid, the removal of its
@@ -549,7 +527,7 @@ class Server:
         if episode.cgroup is not None:
             episode.cgroup.remove()
         if remove_files:
-            _remove_tree(os.path.dirname(episode.spec["work_dir"].rstrip("/")))
+            remove_tree(os.path.dirname(episode.spec["work_dir"].rstrip("/")))
         if episode.spec["uid"] is not None:
             self.free_uids.append(episode.spec["uid"])
         episode.zygote.users -= 1
@@ -580,13 +558,7 @@ class Server:
     def reap(self) -> None:
         """Collect exited processes: killed episode processes that took their time, and orphans of
         episode processes, re-parented to us as subreaper."""
-        for zygote, proc in list(self.unreaped):
-            if zygote.pidfd < 0:  # its zygote is gone: the orphan came to us and is reaped below
-                proc.close()
-                self.unreaped.remove((zygote, proc))
-            elif select.select([proc.pidfd], [], [], 0)[0]:
-                self.unreaped.remove((zygote, proc))
-                self.collect(zygote, proc, wait_s=0)
+        collect_unreaped(self.unreaped)
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -599,36 +571,6 @@ class Server:
 def _clean_text(text: str) -> str:
     """Valid UTF-8 only (lone surrogates from the code become '?'), so every consumer can encode it."""
     return text.encode("utf-8", errors="replace").decode("utf-8")
-
-
-def _remove_tree(folder: str) -> None:
-    """Remove an episode's folder, however deep or odd the code made it (shutil.rmtree recurses in
-    Python and gives up on very deep trees; rm -rf does not)."""
-    try:
-        shutil.rmtree(folder)
-    except FileNotFoundError:
-        pass
-    except (OSError, RecursionError):
-        try:
-            subprocess.run(["rm", "-rf", "--one-file-system", "--", folder], check=False, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            print(f"[sandbox server] could not remove {folder}: {exc}", file=sys.stderr)
-
-
-def _describe_exit(status: int | None) -> str:
-    if status is None:
-        return "it closed its channel"
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"killed by signal {name}"
-    if os.WIFEXITED(status):
-        return f"exit status {os.WEXITSTATUS(status)}"
-    return f"status {status}"
 
 
 def main() -> None:
