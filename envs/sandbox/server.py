@@ -409,6 +409,7 @@ class Server:
     def answer(self, episode: Episode, result: dict) -> None:
         if episode.intake is not None:  # killed while its outputs were being checked
             episode.intake.abandon()
+            episode.n_outputs = episode.intake.index  # the images it kept keep their names
             episode.intake, episode.result = None, None
         self.account(episode, result)
         over = over_quota([episode.spec["work_dir"], episode.spec["out_dir"]],

@@ -68,6 +68,10 @@ def _fork_with_channel(kind: int, child_main) -> tuple[int, int, int]:
 def root_zygote_main(chan: socket.socket, cfg, seccomp_filter) -> None:
     """Serve "spawn" (a new image zygote) until the server goes away; reap image zygotes."""
     isolation.set_parent_death_signal()
+    # Only our channel and stdio: not the server's protocol pipes, whose write end held here would
+    # hide the server's death from the Sandbox.
+    os.closerange(3, chan.fileno())
+    os.closerange(chan.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
     send(chan, {"ready": True})
     while True:
         ready, _, _ = select.select([chan], [], [], 1.0)
