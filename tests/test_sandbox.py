@@ -112,6 +112,21 @@ print(processed_path)
         assert [os.path.basename(p) for p in r2.images] == ["002_zoom.png"]
 
 
+def test_an_input_path_under_the_reference_output_folder_is_the_input(sb, images):
+    """The released SFT data stored rotated inputs under /mnt/data/temp_processed_images/: such an
+    image_path that names no file the episode wrote loads the input (it used to load as None); once
+    the episode wrote that file, the same line loads it."""
+    code = ("image_path = '/mnt/data/temp_processed_images/rotated_7.jpg'\nimg = cv2.imread(image_path)\n"
+            "print(img.shape)")
+    with sb.episode(images=[images["jpg"]]) as ep:
+        r = ep.run(code)
+        assert r.ok and r.stdout == "(300, 400, 3)\n", r
+        assert "pointed image_path at the input image" in r.fixes
+        assert ep.run("cv2.imwrite('rotated_7.jpg', cv2.imread(image_path)[:50, :60])").ok
+        r = ep.run(code)
+        assert r.ok and r.stdout == "(50, 60, 3)\n", r
+
+
 def test_the_callers_image_path_reads_the_input(sb, images):
     """The prompt shows the caller's path; code that reads it directly gets the input."""
     with sb.episode(images=[images["jpg"]]) as ep:
