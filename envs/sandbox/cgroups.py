@@ -26,7 +26,9 @@ _PERIOD_US = 100_000
 HEADROOM_MB = 64
 # CPU priority of a run falls as its CPU time grows past this (an OS's favour for short jobs): a
 # snippet that crops and answers in ~0.1 s of CPU keeps full weight, a burner's weight is a tenth of
-# it after one second, so short runs beside it still get the CPU they need. Between runs: the least.
+# it after one second, so short runs beside it still get the CPU they need. An episode that uses CPU
+# between runs (threads left running) gets the least. Weights are written only when they change, so
+# a short run costs no write at all.
 _FULL_WEIGHT_CPU_S = 0.1
 _WEIGHTS = {1: (2, 1024), 2: (1, 100)}   # (least, default) of cpu.shares (v1) and cpu.weight (v2)
 
@@ -191,9 +193,13 @@ class EpisodeCgroup:
             _write(os.path.join(self.dirs["cpu"], "cpu.cfs_quota_us"), str(quota))
             _write(os.path.join(self.dirs["pids"], "pids.max"), str(max_processes))
         self.oom_seen = self.oom_kills()
+        # Read after every run: kept open and re-read with pread (a cgroup file regenerates at offset 0).
+        self._procs_fd = os.open(self._file("pids", "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
+        self._cpu_fd = os.open(self._file("cpu", "cpu.stat") if self.version == 2
+                               else self._file("cpuacct", "cpuacct.usage"), os.O_RDONLY | os.O_CLOEXEC)
         self.run_started_cpu: float | None = None   # the episode's CPU seconds when its current run began
-        self.weight = -1
-        self.set_weight(idle=True)
+        self.idle_cpu = 0.0                          # ... when its last run ended
+        self.weight = _WEIGHTS[self.version][1]      # a new cgroup has the default (full) weight
 
     def _file(self, controller: str, name: str) -> str:
         return os.path.join(self.dirs["" if self.version == 2 else controller], name)
@@ -205,36 +211,41 @@ class EpisodeCgroup:
 
     def procs(self) -> list[int]:
         try:
-            return [int(p) for p in _read(self._file("pids", "cgroup.procs")).split()]
+            return [int(p) for p in os.pread(self._procs_fd, 1 << 16, 0).split()]
         except OSError:
             return []
 
     def cpu_seconds(self) -> float:
         """CPU time of every process the episode ever had, together."""
         try:
+            text = os.pread(self._cpu_fd, 4096, 0).decode()
             if self.version == 2:
-                stats = dict(line.split() for line in _read(self._file("cpu", "cpu.stat")).splitlines())
+                stats = dict(line.split() for line in text.splitlines())
                 return int(stats["usage_usec"]) / 1e6
-            return int(_read(self._file("cpuacct", "cpuacct.usage"))) / 1e9
+            return int(text) / 1e9
         except (OSError, KeyError, ValueError):
             return 0.0
 
     def run_begins(self) -> None:
         self.run_started_cpu = self.cpu_seconds()
-        self.set_weight()
+        self._write_weight(_WEIGHTS[self.version][1])
 
-    def run_ends(self) -> None:
-        self.run_started_cpu = None
-        self.set_weight(idle=True)
+    def run_ends(self, cpu_now: float) -> None:
+        self.run_started_cpu, self.idle_cpu = None, cpu_now
 
-    def set_weight(self, idle: bool = False) -> None:
-        """The cgroup's CPU weight from the CPU time the current run has used so far (see above)."""
+    def set_weight(self) -> None:
+        """Called now and then: a running episode's weight from the CPU time its run has used so far;
+        an idle one's to the least once it has used CPU since its run ended."""
         least, full = _WEIGHTS[self.version]
-        if idle or self.run_started_cpu is None:
-            weight = least
-        else:
-            used = self.cpu_seconds() - self.run_started_cpu
-            weight = max(least, int(full * min(1.0, _FULL_WEIGHT_CPU_S / max(used, 1e-9))))
+        used = self.cpu_seconds()
+        if self.run_started_cpu is None:
+            if used > self.idle_cpu + 0.01:
+                self._write_weight(least)
+            return
+        run = used - self.run_started_cpu
+        self._write_weight(max(least, int(full * min(1.0, _FULL_WEIGHT_CPU_S / max(run, 1e-9)))))
+
+    def _write_weight(self, weight: int) -> None:
         if weight != self.weight:
             self.weight = weight
             name = "cpu.weight" if self.version == 2 else "cpu.shares"
@@ -290,6 +301,8 @@ class EpisodeCgroup:
 
     def remove(self) -> None:
         self.kill_all()
+        for fd in (self._procs_fd, self._cpu_fd):
+            os.close(fd)
         for folder in dict.fromkeys(self.dirs.values()):
             _rmdir(folder)
 

@@ -72,6 +72,7 @@ class Server:
         self.cache_hits = self.cache_misses = 0
         self.next_weights = 0.0
         self.weighted_running = -1
+        self.next_idle_check = 0.0
         self.unreaped: list = []    # (zygote, process) killed but not yet exited
         self.selector = selectors.DefaultSelector()
         self.inbox = FrameBuffer(max_bytes=self.cfg.max_code_bytes * 8 + (1 << 20))
@@ -332,7 +333,6 @@ class Server:
         episode.request_id, episode.lost_state = rid, ""
         if episode.cgroup is not None:
             episode.cgroup.run_begins()
-            self.next_weights = 0.0  # the server folder's weight follows at once
         episode.started = time.monotonic()
         episode.deadline = episode.started + float(request.get("timeout") or self.cfg.timeout_s)
         episode.note = note
@@ -441,10 +441,10 @@ class Server:
         cg = episode.cgroup
         if cg is None:
             return
-        cg.run_ends()
         if episode.proc is not None and len(cg.procs()) > 1:
             cg.kill_all(spare=episode.proc.pid)  # its pid is reserved while the zygote has not reaped it
         used = cg.cpu_seconds()
+        cg.run_ends(used)
         if used > self.cfg.episode_cpu_time_s:
             self.kill(episode)
             episode.lost_state = "note: the episode used up its CPU time; variables from earlier runs were lost"
@@ -487,10 +487,16 @@ class Server:
 
     def update_weights(self) -> None:
         """Every 50 ms: the CPU weight of each running episode falls with its run's CPU time, and the
-        server's folder weighs one process per running episode."""
+        server's folder weighs one process per running episode; every second, idle episodes that
+        used CPU since their last run get the least weight."""
         running = [e for e in self.episodes.values() if e.cgroup is not None and e.request_id is not None]
         for episode in running:
             episode.cgroup.set_weight()
+        if time.monotonic() >= self.next_idle_check:
+            self.next_idle_check = time.monotonic() + 1.0
+            for episode in self.episodes.values():
+                if episode.cgroup is not None and episode.request_id is None:
+                    episode.cgroup.set_weight()
         if len(running) != self.weighted_running:
             self.weighted_running = len(running)
             set_server_weight(self.cgroup_info, len(running))
