@@ -26,10 +26,10 @@ from .cgroups import EpisodeCgroup, set_server_weight
 from .config import config_from_dict
 from .outputs import OutputIntake
 from .quota import over_quota
-from .stopping import collect_unreaped, describe_exit, remove_tree, stop_processes
+from .stopping import collect_unreaped, describe_exit, discard_tree, stop_processes
 from .syscall_filter import build_seccomp_filter
 from .wire import FrameBuffer, WireError, encode, read_message, write_message
-from .zygote import ImageZygote, RootZygote, receive
+from .zygote import ImageZygote, RootZygote, episode_from, receive
 
 _REPLY_LIMIT = 8 << 20
 _START_TIMEOUT_S = 30.0
@@ -52,6 +52,7 @@ class Episode:
         self.note = ""
         self.cgroup: EpisodeCgroup | None = None
         self.respawn = None         # (request id, run request, note) waiting for a fresh process
+        self.forking = False        # its zygote has been asked for a process and has not answered yet
 
 
 class Server:
@@ -73,6 +74,7 @@ class Server:
         self.next_weights = 0.0
         self.weighted_running = -1
         self.next_idle_check = 0.0
+        self.janitors: list = []    # rm -rf of removed folders, running in the background
         self.unreaped: list = []    # (zygote, process) killed but not yet exited
         self.selector = selectors.DefaultSelector()
         self.inbox = FrameBuffer(max_bytes=self.cfg.max_code_bytes * 8 + (1 << 20))
@@ -114,9 +116,12 @@ class Server:
                 else:
                     owner = self.by_fd.get(key.fd)
                     if isinstance(owner, ImageZygote):
-                        self.guarded(self.zygote_ready, owner)
+                        self.guarded(self.zygote_message, owner)
                     elif owner is not None:
                         self.guarded(self.read_child, owner)
+            for zygote in [z for z in self.live_zygotes if z.early]:
+                while zygote.early:
+                    self.guarded(self.forked, (zygote, *zygote.early.pop(0)))
             if checking:  # one slice of output checks: the run whose checks have taken least time so far
                 self.guarded(self.check_outputs, min(checking, key=lambda e: e.intake.spent))
             self.guarded(self.enforce_deadlines)
@@ -170,12 +175,15 @@ class Server:
             self.reply({"id": rid, "episodes": len(self.episodes), "cache_hits": self.cache_hits,
                         "cache_misses": self.cache_misses,
                         "cached_images": sum(len(z.key) for z in self.zygotes.values() if z.sizes is not None),
-                        "zygotes": len(self.live_zygotes), "pending_cleanup": len(self.cleanup)})
+                        "zygotes": len(self.live_zygotes),
+                        "pending_cleanup": len(self.cleanup) + len(self.janitors)})
         elif op == "shutdown":
             for episode in list(self.episodes.values()):
                 self.finish(episode, remove_files=True, now=True)
             while self.cleanup:
                 self.clean_one()
+            for janitor in self.janitors:
+                janitor.wait(60)
             for zygote in list(self.live_zygotes):
                 self.drop_zygote(zygote)
             self.reply({"id": rid, "ok": True})
@@ -237,11 +245,71 @@ class Server:
         else:
             self.begin(episode)
 
-    def zygote_ready(self, zygote: ImageZygote) -> None:
+    def zygote_message(self, zygote: ImageZygote) -> None:
+        """An image zygote answered: its decode, or a fork (or it is gone)."""
+        try:
+            reply, fds = receive(zygote.sock)
+        except BlockingIOError:  # a reap meanwhile took what was there (kept in zygote.early)
+            return
+        if zygote.sizes is None:
+            self.zygote_ready(zygote, reply)
+        elif reply is None:
+            self.zygote_gone(zygote)
+        elif reply.get("op") == "fork":
+            self.forked((zygote, reply, fds))
+
+    def zygote_gone(self, zygote: ImageZygote) -> None:
+        """An image zygote died: the episodes waiting for a process from it fail; later starts of its
+        input set get a new one."""
+        zygote.error = "the image zygote died"
+        if self.zygotes.get(zygote.key) is zygote:
+            self.zygotes.pop(zygote.key)
+        waiters, zygote.fork_waiters = list(zygote.fork_waiters), collections.deque()
+        fd = zygote.sock.fileno()
+        if fd in self.by_fd:
+            self.selector.unregister(fd)
+            del self.by_fd[fd]
+        for episode in waiters:
+            if episode.forking:
+                episode.forking = False
+                self.process_failed(episode, "its image zygote died")
+
+    def process_failed(self, episode: Episode, problem: str) -> None:
+        """An episode waiting for a new process will not get one."""
+        if episode.starting is not None:
+            self.start_failed(episode, episode.starting, problem)
+        elif episode.respawn is not None:
+            self.respawned(episode, {"ready": False, "error": problem})
+
+    def forked(self, answer: tuple) -> None:
+        """A fork answer: the new process joins its episode (cgroup, spec, channel), or is killed if
+        the episode no longer waits for it."""
+        zygote, reply, fds = answer
+        episode = zygote.fork_waiters.popleft() if zygote.fork_waiters else None
+        proc, sock = episode_from(reply, fds)
+        if episode is None or not episode.forking:
+            sock.close()
+            proc.kill()
+            self.unreaped.append((zygote, proc))  # reaped when its pidfd says it has exited
+            return
+        episode.forking = False
+        episode.proc, episode.sock = proc, sock
+        try:
+            if episode.cgroup is not None:  # before its code runs: what it allocates from now on counts there
+                episode.cgroup.add(proc.pid)
+            sock.settimeout(5)
+            sock.sendall(encode({"spec": episode.spec}))
+            sock.setblocking(False)
+        except OSError as exc:
+            self.kill(episode)
+            self.process_failed(episode, f"{type(exc).__name__}: {exc}")
+            return
+        episode.buffer = FrameBuffer(max_bytes=_REPLY_LIMIT)
+        self.by_fd[sock.fileno()] = episode
+        self.selector.register(sock.fileno(), selectors.EVENT_READ, None)
+
+    def zygote_ready(self, zygote: ImageZygote, reply: dict | None) -> None:
         """An image zygote answered its decode: start the episodes waiting for it (or fail them)."""
-        self.selector.unregister(zygote.sock.fileno())
-        self.by_fd.pop(zygote.sock.fileno(), None)
-        reply, _ = receive(zygote.sock)
         if reply is None or reply.get("error"):
             zygote.error = (reply or {}).get("error") or "the image zygote died while decoding"
             if self.zygotes.get(zygote.key) is zygote:
@@ -283,22 +351,15 @@ class Server:
         self.reply({"id": rid, "error": f"could not start the episode process: {problem}"})
 
     def fork_child(self, episode: Episode) -> None:
-        """A new episode process from the episode's image zygote; its spec goes over its channel."""
+        """Ask the episode's image zygote for a new process, without waiting: forked() takes it."""
         try:
-            episode.proc, episode.sock = episode.zygote.fork_episode()
+            episode.zygote.request_fork(episode)
         except OSError as exc:  # the zygote died: later starts of this input set get a new one
             episode.zygote.error = f"the image zygote failed: {exc}"
             if self.zygotes.get(episode.zygote.key) is episode.zygote:
                 self.zygotes.pop(episode.zygote.key)
             raise
-        if episode.cgroup is not None:  # before its code runs: what it allocates from now on counts there
-            episode.cgroup.add(episode.proc.pid)
-        episode.sock.settimeout(5)
-        episode.sock.sendall(encode({"spec": episode.spec}))
-        episode.sock.setblocking(False)
-        episode.buffer = FrameBuffer(max_bytes=_REPLY_LIMIT)
-        self.by_fd[episode.sock.fileno()] = episode
-        self.selector.register(episode.sock.fileno(), selectors.EVENT_READ, None)
+        episode.forking = True
 
     def run(self, rid, request: dict) -> None:
         episode = self.episodes.get(str(request.get("ep")))
@@ -403,7 +464,7 @@ class Server:
         result["images"] = intake.accepted
         if intake.refused:
             print(f"[sandbox server] refused output images: {intake.refused}", file=sys.stderr)
-        remove_tree(os.path.join(episode.spec["work_dir"], ".thyme-staging"))
+        discard_tree(os.path.join(episode.spec["work_dir"], ".thyme-staging"), self.janitors)
         self.answer(episode, result)
 
     def answer(self, episode: Episode, result: dict) -> None:
@@ -420,7 +481,7 @@ class Server:
             self.kill(episode)
             work_dir, uid = episode.spec["work_dir"], episode.spec["uid"]
             for folder, owner in ((work_dir, uid), (episode.spec["out_dir"], None)):
-                remove_tree(folder)
+                discard_tree(folder, self.janitors)
                 os.makedirs(folder, exist_ok=True)
                 if owner is not None:
                     os.chown(folder, owner, owner)
@@ -503,6 +564,7 @@ class Server:
 
     def kill(self, episode: Episode, sweep_uid: bool = True) -> int | None:
         """Kill every process of the episode (stopping.py); returns its main process's wait status."""
+        episode.forking = False  # a process still to come from the zygote is killed when it does
         if episode.sock is not None:
             fd = episode.sock.fileno()
             if fd in self.by_fd:
@@ -534,7 +596,7 @@ class Server:
         if episode.cgroup is not None:
             episode.cgroup.remove()
         if remove_files:
-            remove_tree(os.path.dirname(episode.spec["work_dir"].rstrip("/")))
+            discard_tree(os.path.dirname(episode.spec["work_dir"].rstrip("/")), self.janitors)
         if episode.spec["uid"] is not None:
             self.free_uids.append(episode.spec["uid"])
         episode.zygote.users -= 1
@@ -566,6 +628,7 @@ class Server:
         """Collect exited processes: killed episode processes that took their time, and orphans of
         episode processes, re-parented to us as subreaper."""
         collect_unreaped(self.unreaped)
+        self.janitors = [j for j in self.janitors if j.poll() is None]
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)

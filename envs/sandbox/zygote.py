@@ -20,6 +20,7 @@ Control channels are SOCK_SEQPACKET (one JSON message per packet, file descripto
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import select
@@ -36,6 +37,12 @@ _MAX_PACKET = 1 << 20
 
 def send(sock: socket.socket, message: dict, fds: tuple[int, ...] = ()) -> None:
     socket.send_fds(sock, [json.dumps(message).encode()], list(fds))
+
+
+def episode_from(reply: dict, fds: list[int]) -> tuple[RemoteProcess, socket.socket]:
+    """The episode process a fork answer names: its pidfd and its channel."""
+    channel, pidfd = fds
+    return RemoteProcess(int(reply["pid"]), pidfd), socket.socket(fileno=channel)
 
 
 def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
@@ -121,11 +128,11 @@ def _image_zygote_main(chan: socket.socket, parent_chan: socket.socket, cfg, sec
                 from .child import episode_main
                 episode_main(c.detach(), cfg, seccomp_filter, decoded)
             pid, pidfd, channel = _fork_with_channel(socket.SOCK_STREAM, episode)
-            send(chan, {"pid": pid}, (channel, pidfd))
+            send(chan, {"op": "fork", "pid": pid}, (channel, pidfd))
             os.close(channel)
             os.close(pidfd)
         elif op == "reap":
-            send(chan, {"status": _reap(int(message["pid"]))})
+            send(chan, {"op": "reap", "status": _reap(int(message["pid"]))})
 
 
 def _reap(pid: int, wait_s: float = 1.0) -> int | None:
@@ -170,35 +177,45 @@ class ImageZygote(RemoteProcess):
         super().__init__(pid, pidfd)
         self.key = key
         self.sock = socket.socket(fileno=channel)
+        # Non-blocking: a reap (call) may take the answer the selector announced, and the loop must
+        # then find nothing rather than wait.
+        self.sock.setblocking(False)
         self.sizes: list[list[int]] | None = None
         self.nbytes = 0
         self.error: str | None = None
         self.waiting: list = []      # start requests waiting for the decode
         self.users = 0               # live episodes forked from it
         self.last_used = time.monotonic()
+        # Forks are asked for and answered in order, without waiting (the server goes on meanwhile):
+        # who asked, and answers that arrived while we waited for a reap.
+        self.fork_waiters: collections.deque = collections.deque()
+        self.early: list[tuple[dict, list[int]]] = []
 
-    def call(self, message: dict, timeout: float = 10.0) -> tuple[dict, list[int]]:
-        """A request answered at once (fork, reap): the zygote does nothing else meanwhile."""
+    def request_fork(self, waiter) -> None:
+        send(self.sock, {"op": "fork"})
+        self.fork_waiters.append(waiter)
+
+    def call(self, message: dict, timeout: float = 10.0) -> dict:
+        """A request answered at once (reap: the process has exited already); fork answers that come
+        first are kept in `early` for the server."""
         send(self.sock, message)
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
-            raise OSError(f"the image zygote did not answer {message.get('op')!r} in {timeout} s")
-        reply, fds = receive(self.sock)
-        if reply is None:
-            raise OSError("the image zygote is gone")
-        return reply, fds
-
-    def fork_episode(self) -> tuple[RemoteProcess, socket.socket]:
-        reply, fds = self.call({"op": "fork"})
-        channel, pidfd = fds
-        return RemoteProcess(int(reply["pid"]), pidfd), socket.socket(fileno=channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise OSError(f"the image zygote did not answer {message.get('op')!r} in {timeout} s")
+            reply, fds = receive(self.sock)
+            if reply is None:
+                raise OSError("the image zygote is gone")
+            if reply.get("op") == message["op"]:
+                return reply
+            self.early.append((reply, fds))
 
     def reap(self, pid: int) -> int | None:
         try:
-            reply, _ = self.call({"op": "reap", "pid": pid})
+            return self.call({"op": "reap", "pid": pid}).get("status")
         except OSError:
             return None
-        return reply.get("status")
 
     def stop(self) -> None:
         self.kill()
