@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_sandbox.py [--quick]
 
 Figures: a crop snippet (read a 2000x2000 JPEG, crop 1200x1000, write a PNG) sandboxed vs exec'd in a
-warm in-process interpreter vs a fresh `python` per call; print(1+1); throughput of 2 servers vs 1;
+warm in-process interpreter vs a fresh `python` per call; print(1+1); an honest episode's p99 beside
+hostile neighbours (output flood, CPU burner, memory hog) vs alone; throughput of 2 servers vs 1;
 memory of 64 live episodes; the decode cache. Timings depend on what else runs on the machine: the
 load average is printed with the results.
 """
@@ -33,6 +34,20 @@ cv2.imwrite(processed_path, crop)
 print(processed_path)
 """
 READ_ONLY = "img = cv2.imread(image_path)\nprint(img.shape)\n"
+# The same crop, but compressing its PNG as the code asks (the sandbox stores small PNGs uncompressed
+# when the code asks for nothing; this row shows what that choice is worth).
+CROP_COMPRESSED = CROP.replace("cv2.imwrite(processed_path, crop)", "cv2.imwrite(processed_path, crop, [cv2.IMWRITE_PNG_COMPRESSION, 1])")
+# Hostile neighbours, each in its own episode, looping for as long as they are let.
+NEIGHBOURS = {
+    "output flood": ("noise = np.random.randint(0, 255, (2000, 2000, 3), np.uint8)\n"
+                     "processed_path = []\nfor i in range(8):\n    cv2.imwrite(f'flood{i}.png', noise)\n"
+                     "    processed_path.append(f'flood{i}.png')\nprint(processed_path)"),
+    "CPU burner": ("import threading, time\nstop = time.monotonic() + 2\n"
+                   "def burn():\n    while time.monotonic() < stop:\n        pass\n"
+                   "ts = [threading.Thread(target=burn) for _ in range(8)]\n[t.start() for t in ts]\n[t.join() for t in ts]"),
+    "memory hog": ("chunks = []\ntry:\n    while True:\n        chunks.append(bytearray(64 * 2**20))\n"
+                   "except MemoryError:\n    pass\nprint(len(chunks))"),
+}
 
 
 def p50(xs):
@@ -100,6 +115,50 @@ def throughput(n_servers, n_threads, image_path, runs_per_thread):
     return n_threads * runs_per_thread / elapsed
 
 
+def p99(xs):
+    return sorted(xs)[min(len(xs) - 1, int(0.99 * len(xs)))]
+
+
+def neighbours_p99(image_path, n):
+    """The honest crop's p99 latency alone and beside the three hostile neighbours, in one run:
+    blocks of honest runs alternate between the neighbours paused and running, so a change in the
+    machine's load hits both alike."""
+    alone, beside = [], []
+    with Sandbox() as sb:
+        hostile = {name: sb.episode(images=[image_path]) for name in NEIGHBOURS}
+        go, stop = threading.Event(), threading.Event()
+        counts = {name: 0 for name in NEIGHBOURS}
+
+        def neighbour(name):
+            while not stop.is_set():
+                if not go.wait(0.05):
+                    continue
+                hostile[name].run(NEIGHBOURS[name], timeout_s=5)
+                counts[name] += 1
+
+        threads = [threading.Thread(target=neighbour, args=(name,), daemon=True) for name in NEIGHBOURS]
+        for t in threads:
+            t.start()
+        block = 10
+        for i in range(0, n, block):
+            for with_neighbours in (False, True):
+                with sb.episode(images=[image_path]) as honest:  # a fresh episode per block, as in RL
+                    honest.run(CROP)
+                    if with_neighbours:
+                        go.set()
+                        time.sleep(0.5)  # let them get going
+                    times = timed_runs(honest, CROP, block)
+                (beside if with_neighbours else alone).extend(times)
+                go.clear()
+                time.sleep(0.5 if with_neighbours else 0)  # let their runs in flight finish
+        stop.set()
+        for t in threads:
+            t.join(30)
+        for ep in hostile.values():
+            ep.close()
+    return alone, beside, counts
+
+
 def tree_memory(root_pid):
     """PSS and RSS of a process tree (PSS splits pages shared by the forked episodes fairly)."""
     try:
@@ -133,17 +192,18 @@ def main():
 
     rows = []
     # Interleaved (one run of each per round) so the machine's changing load hits every variant alike.
-    times = {"sandboxed": [], "nocache": [], "warm": [], "fresh": [], "trivial": [], "read_cached": [],
+    times = {"sandboxed": [], "compressed": [], "nocache": [], "warm": [], "fresh": [], "trivial": [], "read_cached": [],
              "read_uncached": [], "start_cached": [], "start_uncached": []}
     with Sandbox() as sb, Sandbox(decode_cache_mb=0) as sb_nocache:
         print(f"isolation: {sb.isolation}, per-episode uids: {sb.uid_mode}, seccomp: {sb.servers[0].seccomp}, "
-              f"landlock ABI: {sb.servers[0].landlock_abi}")
+              f"landlock ABI: {sb.servers[0].landlock_abi}, cgroup: v{sb.servers[0].cgroup_version}")
         print("sandboxed = the whole ep.run(): pattern scan, repair, round trip, execution, output checks "
               "and the copy of the output image")
         with sb.episode(images=[image_path]) as ep, sb_nocache.episode(images=[image_path]) as ep_nc:
             ep.run(CROP), ep_nc.run(CROP), in_process(image_path, work, 1)
             for i in range(n):
                 times["sandboxed"] += timed_runs(ep, CROP, 1)
+                times["compressed"] += timed_runs(ep, CROP_COMPRESSED, 1)
                 times["nocache"] += timed_runs(ep_nc, CROP, 1)
                 times["warm"] += in_process(image_path, work, 1)
                 times["trivial"] += timed_runs(ep, "print(1+1)", 3)
@@ -161,13 +221,23 @@ def main():
     starts_cached, starts_uncached = times["start_cached"], times["start_uncached"]
 
     rows.append(("crop snippet: sandboxed p50 (decode cached) / warm in-process exec p50", f"{sandboxed*1e3:.1f} ms / {warm*1e3:.1f} ms "
-                 f"= {sandboxed/warm:.2f}x", "<= 1.15x", sandboxed / warm <= 1.15))
+                 f"= {sandboxed/warm:.2f}x", "<= 0.8x", sandboxed / warm <= 0.8))
+    compressed = p50(times["compressed"])
+    rows.append(("  same, the PNG compressed at level 1 (the sandbox stores it when the code asks nothing)",
+                 f"{compressed*1e3:.1f} ms = {compressed/warm:.2f}x", "info", True))
     rows.append(("crop snippet, decode cache off (like for like): sandboxed / in-process", f"{sandboxed_nocache*1e3:.1f} ms / {warm*1e3:.1f} ms "
                  f"= {sandboxed_nocache/warm:.2f}x", "<= 1.15x", sandboxed_nocache / warm <= 1.15))
     rows.append(("crop snippet: fresh python per call p50 / sandboxed p50", f"{fresh*1e3:.1f} ms / {sandboxed*1e3:.1f} ms "
                  f"= {fresh/sandboxed:.1f}x", ">= 3x", fresh / sandboxed >= 3))
     rows.append(("  same, decode cache off", f"{fresh/sandboxed_nocache:.1f}x", ">= 3x", fresh / sandboxed_nocache >= 3))
-    rows.append(("print(1+1) sandboxed p50", f"{trivial*1e3:.2f} ms", "<= 5 ms", trivial <= 0.005))
+    rows.append(("print(1+1) sandboxed p50", f"{trivial*1e3:.2f} ms", "<= 3 ms", trivial <= 0.003))
+
+    alone, beside, counts = neighbours_p99(image_path, 40 if args.quick else 100)
+    rows.append(("honest crop p99 beside hostile neighbours / alone (output flood, CPU burner, memory hog)",
+                 f"{p99(beside)*1e3:.1f} ms / {p99(alone)*1e3:.1f} ms = {p99(beside)/p99(alone):.2f}x", "<= 1.5x",
+                 p99(beside) / p99(alone) <= 1.5))
+    rows.append(("  p50 beside / alone; neighbour runs done", f"{p50(beside)*1e3:.1f} / {p50(alone)*1e3:.1f} ms; "
+                 + ", ".join(f"{k} {v}" for k, v in counts.items()), "info", True))
     rows.append(("decode cache: cv2.imread of the input, p50 cached / uncached",
                  f"{read_cached*1e3:.1f} ms / {read_uncached*1e3:.1f} ms = {read_uncached/read_cached:.1f}x faster",
                  "faster", read_cached < read_uncached))

@@ -2,7 +2,8 @@
 
 Order of checks (the first that decides wins):
 1. no answer -> wrong; same text after normalisation (case, punctuation, articles, \\boxed, $) -> correct;
-2. multiple choice (options in the question or given, or a letter reference): compare letters;
+2. multiple choice (options in the question or given, a letter reference, or a reference written as an
+   option, `B. a red car`, which both `B` and `a red car` pick): compare letters;
 3. yes/no references against a yes/no answer;
 4. numbers (separators, fractions, units, percentages, tolerance; see rules_numbers.py);
 5. mathematical equivalence by math-verify (see rules_math.py);
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from envs.protocol import extract_answer, strip_sandbox_outputs
 from rewards.config import RuleConfig
-from rewards.rules_choice import chosen_letter, parse_options
+from rewards.rules_choice import chosen_letter, parse_options, picks_reference_option, reference_option
 from rewards.rules_math import looks_mathematical, math_equal, math_value
 from rewards.rules_numbers import Quantity, numbers_in, parse_quantity, same_quantity
 
@@ -117,6 +118,11 @@ def _check_cached(answer: str, reference: str, question: str, options: tuple[str
         return RuleDecision(Verdict.CORRECT, "same text")
 
     choices = parse_options(question, options)
+    option = None if choices else reference_option(ref)
+    if option is not None:  # "B. a red car" with no options in the question: the reference is a choice
+        picked = picks_reference_option(ans, *option)
+        if picked is not None:
+            return _decide(picked, f"choice against the reference option {option[0]}")
     ref_letter = chosen_letter(ref, choices)
     if ref_letter is not None and (choices or len(ref) <= 3):
         ans_letter = chosen_letter(ans, choices)

@@ -16,6 +16,9 @@ _LETTER_THEN_TEXT = re.compile(r"^\(?([A-Z])(?:\)|\.|:)\s*(.+)$", re.DOTALL)
 _SAID_LETTER = re.compile(r"\b(?i:option|choice|answer(?: is)?)\s*:?\s*\(?([A-Z])\b\)?")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
+# A reference written as an option: "B. a red car", "(B) a red car", "B) a red car", "B: a red car".
+# Whitespace must follow the label, so "U.S. Army" or "A.I." are not options.
+_OPTION_REFERENCE = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[.):])\s+(\S.*?)\s*$", re.DOTALL)
 
 
 def _norm(text: str) -> str:
@@ -81,3 +84,29 @@ def chosen_letter(answer: str, options: dict[str, str]) -> str | None:
     if options:
         said &= set(options)
     return said.pop() if len(said) == 1 else None
+
+
+def reference_option(reference: str) -> tuple[str, str] | None:
+    """(letter, text) when the reference is written as an option (`B. a red car`), else None."""
+    m = _OPTION_REFERENCE.match(reference)
+    if not m:
+        return None
+    return m.group(1) or m.group(2), m.group(3)
+
+
+def picks_reference_option(answer: str, letter: str, text: str) -> bool | None:
+    """Whether `answer` picks the reference option (letter, text) when the question lists no options.
+
+    `B`, `(B)`, `Option B` and the option's text `a red car` pick it; another letter (`A`,
+    `C. a blue car`) does not; a letter that contradicts the reference's text (`C. a red car`) and
+    anything else (a paraphrase) are undecided (None): without the other options only the judge can tell.
+    """
+    if chosen_letter(answer, {letter: text}) is not None:
+        return True
+    other = chosen_letter(answer, {})
+    if other is None:
+        return None
+    m = _LETTER_THEN_TEXT.match(answer.strip().rstrip(".").strip())
+    if m and _norm(m.group(2)) == _norm(text) and m.group(1) != letter:
+        return None
+    return other == letter

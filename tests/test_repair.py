@@ -529,3 +529,25 @@ def test_image_paths_list_pointed_at_the_inputs_in_order():
     # A list of another length is not a list of the inputs: left alone.
     code = "image_paths = ['/mnt/data/a.jpg']\n"
     assert repair(code, image_path="/in/1.png", image_paths=["/in/1.png", "/in/2.png"]).code == code
+
+
+def test_image_path_under_the_reference_folder_naming_no_output_is_the_input():
+    """The released SFT data stored rotated inputs under /mnt/data/temp_processed_images/: an
+    `image_path` literal there that names no file the episode wrote is the input, not an output."""
+    code = "image_path = '/mnt/data/temp_processed_images/rotated_17.jpg'\nimg = cv2.imread(image_path)\n" \
+           "bbox = (-5, 0, 5000, 90)\ncrop = img[0:90, 0:5000]\n" \
+           "cv2.imwrite('/mnt/data/temp_processed_images/crop.png', crop)"
+    written = set()
+    result = repair(code, image_size=SIZE, image_path="/in/real.png", output_dir=OUT,
+                    output_exists=written.__contains__)
+    assert result.error is None
+    assert "image_path = '/in/real.png'" in result.code
+    assert f"cv2.imwrite('{OUT}/crop.png', crop)" in result.code  # outputs are still mapped
+    assert "pointed image_path at the input image" in result.fixes
+    assert any(f.startswith("clamped") for f in result.fixes)  # the boxes are the input's again
+    # Once the episode has written that file, the same line loads the earlier output.
+    written.add(f"{OUT}/rotated_17.jpg")
+    again = repair(code, image_size=SIZE, image_path="/in/real.png", output_dir=OUT, output_exists=written.__contains__)
+    assert f"image_path = '{OUT}/rotated_17.jpg'" in again.code
+    assert "pointed image_path at the input image" not in again.fixes
+    assert not any(f.startswith("clamped") for f in again.fixes)

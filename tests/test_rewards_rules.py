@@ -122,3 +122,28 @@ def test_tolerance_is_configurable():
     strict = RuleConfig(round_to_reference_min_decimals=99)
     assert check_answer("0.3333", "1/3", cfg=strict).verdict is W
     assert check_answer("0.3333", "1/3").verdict is C
+
+
+OPTION_REFERENCE_CASES = [
+    ("B", C), ("(B)", C), ("Option B", C), ("a red car", C), ("A red car.", C), ("B. a red car", C),
+    ("b", C),
+    ("A", W), ("(C)", W), ("C. a blue car", W),
+    ("C. a red car", U),   # a letter that contradicts the reference's text: the judge decides
+    ("a blue car", U),     # without the other options, a paraphrase or another option: the judge decides
+]
+
+
+@pytest.mark.parametrize("reference", ["B. a red car", "(B) a red car", "B) a red car", "B: a red car"])
+@pytest.mark.parametrize("answer,expected", OPTION_REFERENCE_CASES)
+def test_a_reference_written_as_an_option_is_a_choice(reference, answer, expected):
+    decision = check_answer(answer, reference)
+    assert decision.verdict is expected, decision
+
+
+def test_option_form_needs_a_space_after_the_label():
+    # "U.S. Army" is not option U: the answer "U" must not be decided correct.
+    assert check_answer("U", "U.S. Army").verdict is not C
+    assert check_answer("US Army", "U.S. Army").verdict is not W
+    # Options in the question still decide over the reference's own label.
+    assert check_answer("dog", "B. dog", ANIMALS).verdict is C
+    assert check_answer("cat", "B. dog", ANIMALS).verdict is W

@@ -112,6 +112,21 @@ print(processed_path)
         assert [os.path.basename(p) for p in r2.images] == ["002_zoom.png"]
 
 
+def test_an_input_path_under_the_reference_output_folder_is_the_input(sb, images):
+    """The released SFT data stored rotated inputs under /mnt/data/temp_processed_images/: such an
+    image_path that names no file the episode wrote loads the input (it used to load as None); once
+    the episode wrote that file, the same line loads it."""
+    code = ("image_path = '/mnt/data/temp_processed_images/rotated_7.jpg'\nimg = cv2.imread(image_path)\n"
+            "print(img.shape)")
+    with sb.episode(images=[images["jpg"]]) as ep:
+        r = ep.run(code)
+        assert r.ok and r.stdout == "(300, 400, 3)\n", r
+        assert "pointed image_path at the input image" in r.fixes
+        assert ep.run("cv2.imwrite('rotated_7.jpg', cv2.imread(image_path)[:50, :60])").ok
+        r = ep.run(code)
+        assert r.ok and r.stdout == "(50, 60, 3)\n", r
+
+
 def test_the_callers_image_path_reads_the_input(sb, images):
     """The prompt shows the caller's path; code that reads it directly gets the input."""
     with sb.episode(images=[images["jpg"]]) as ep:
@@ -139,10 +154,24 @@ def test_output_detection(sb, images):
 
 
 def test_failed_imwrite_is_an_error(sb, images):
-    with sb.episode(images=[images["jpg"]]) as ep:
-        r = ep.run("img = cv2.imread(image_path)\nok = cv2.imwrite('no_such_folder/x.png', img)\nprint('unreached')")
+    with sb.episode(images=[images["jpg"]]) as ep:  # the inputs' folder is read-only for the episode
+        r = ep.run("img = cv2.imread(image_path)\nok = cv2.imwrite(os.path.dirname(image_path) + '/x.png', img)\n"
+                   "print('unreached')")
         assert not r.ok and "cv2.imwrite could not write" in r.error and "line 2" in r.error
         assert "unreached" not in r.stdout
+
+
+def test_saving_into_a_missing_folder_creates_it(sb, images):
+    """Released models save to relative paths in folders they never made: the image is saved inside
+    the work dir and returned (cv2.imwrite and PIL's save alike)."""
+    with sb.episode(images=[images["jpg"]]) as ep:
+        r = ep.run("img = cv2.imread(image_path)\ncv2.imwrite('results/crop.png', img[:40, :50])\n"
+                   "Image.open(image_path).crop((0, 0, 30, 20)).save('pil/deeper/zoom.png')\nprint('saved')")
+        assert r.ok and r.stdout == "saved\n", r
+        assert sorted(os.path.basename(p).split("_", 1)[1] for p in r.images) == ["crop.png", "zoom.png"]
+        assert os.path.isfile(os.path.join(ep.work_dir, "results", "crop.png"))
+        sizes = sorted(Image.open(p).size for p in r.images)
+        assert sizes == [(30, 20), (50, 40)]
 
 
 def test_syntax_error_empty_and_oversized_code(sb, images):
@@ -329,6 +358,19 @@ def test_cli(tmp_path, images):
     done = subprocess.run(cmd + ["--same-episode", str(a), str(b)], capture_output=True, text=True, cwd=REPO, timeout=120)
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 0 and rows[1]["stdout"] == "4\n" and "ValueError: bad" in rows[1]["error"]
+    # The output images it prints outlive the command (the sandbox's own folders do not).
+    c = tmp_path / "c.py"
+    c.write_text("cv2.imwrite('crop.png', cv2.imread(image_path)[:20, :30])\nprint('crop.png')")
+    kept = tmp_path / "kept"
+    for extra in ([], ["--outputs", str(kept)]):
+        done = subprocess.run(cmd + extra + [str(c), str(c)], capture_output=True, text=True, cwd=REPO, timeout=120)
+        rows = [json.loads(line) for line in done.stdout.splitlines()]
+        images = [p for r in rows for p in r["images"]]
+        assert len(images) == 2 and len(set(images)) == 2, rows
+        assert all(cv2.imread(p).shape == (20, 30, 3) for p in images)
+        folder = os.path.dirname(images[0])
+        assert f"output images are kept in {folder}" in done.stderr
+        assert folder == str(kept) if extra else os.path.basename(folder).startswith("thyme-sandbox-outputs-")
     bad = subprocess.run([sys.executable, "-m", "envs.sandbox", "--timeout", "x", str(a)], capture_output=True,
                          text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "--timeout" in bad.stderr

@@ -324,3 +324,43 @@ def test_repaired_thyme_code_passes_the_scan_with_its_output_folder():
     assert scan_code(repaired.code, output_dir=OUT) is None
     # Without being told the output folder, the mapped absolute path is outside the default one.
     assert "writes outside the output folder" in scan_code(repaired.code, output_dir="/elsewhere")
+
+
+# Class 2 of the adversarial review: the scan runs in the caller's own process (a rollout worker), so
+# no input may cost it more than linear time. These shapes once cost cubic or quadratic time (a 6 KB
+# `os.os.os...` chain took 87 s) or blew the recursion limit (and were then waved through).
+ADVERSARIAL_SHAPES = {
+    "attribute_chain": lambda n: "a" + ".b" * n,
+    "module_chain": lambda n: "os" + ".os" * n + ".remove('x')",
+    "path_call_chain": lambda n: "from pathlib import Path\np = Path('x')\np" + ".joinpath('a')" * n + ".unlink()",
+    "path_division": lambda n: "from pathlib import Path\np = Path('x')\nq = p" + " / 'a'" * n + "\nq.unlink()",
+    "string_sum": lambda n: "x = " + " + ".join(["'a'"] * n),
+    "subscripts": lambda n: "x" + "[0]" * n,
+    "dict_lookups": lambda n: "x = os.__dict__" + "['a']" * n,
+    "many_aliases": lambda n: "".join(f"import os as o{i}\n" for i in range(n // 4)) + "o1.remove('x')",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ADVERSARIAL_SHAPES))
+def test_hostile_scan_is_linear_in_the_code_size(shape):
+    import time
+
+    build = ADVERSARIAL_SHAPES[shape]
+    n = 1
+    while len(build(n * 2)) < 60 * 1024:  # the largest instance under the 64 KB cap
+        n *= 2
+    code = build(n)
+    started = time.process_time()
+    scan_code(code, output_dir=OUT)
+    spent = time.process_time() - started
+    assert spent < 2.0, f"{shape}: {len(code)} bytes took {spent:.1f} s of CPU"
+    if shape in ("module_chain", "path_call_chain", "path_division", "many_aliases"):
+        # Still found (at a depth Python can compile; deeper code cannot run at all).
+        assert "Refused" in (scan_code(build(400), output_dir=OUT) or ""), shape
+
+
+def test_hostile_scan_refuses_code_over_its_size_cap():
+    message = scan_code("x = 1\n" * 12000)
+    assert message is not None and "over the scan's 65536-byte limit" in message
+    assert scan_code("x = 1\n" * 10, max_bytes=30) is not None
+    assert scan_code("x = 1\n" * 10) is None

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 ISOLATION_MODES = ("auto", "bwrap", "process")
+CGROUP_MODES = ("auto", "require", "off")
 
 
 @dataclass
@@ -27,12 +28,21 @@ class SandboxConfig:
     # Checked after every run: an episode over either limit loses its files and variables.
     max_episode_disk_mb: int = 512
     max_episode_files: int = 5000
+    max_episode_depth: int = 64      # folders nested deeper are over the quota too
     max_open_files: int = 128        # RLIMIT_NOFILE
     max_output_bytes: int = 16384    # printed text kept per run; the rest is replaced by a marker
     max_code_bytes: int = 65536      # longer code is refused before it runs
     max_image_pixels: int = 40_000_000   # inputs and outputs above this are refused (decompression bombs)
     max_image_bytes: int = 64 * 1024 * 1024
     max_images_per_run: int = 8      # output images reported per run
+    # Seconds the server may spend checking (decoding) one run's output images, in slices between
+    # other episodes' requests; an image not decided within it is refused.
+    output_check_s: float = 2.0
+    # Per-episode cgroup (memory for all its processes together, CPU rate and total, process count):
+    # auto = use it where cgroups are writable, else per-process rlimits only (warns once);
+    # require = refuse to start without; off = never.
+    cgroup: str = "auto"
+    episode_cpus: float = 1.0        # CPU cores one episode may use at once (its cgroup's quota)
     # auto: bubblewrap if it works here, else process-level layers only (warns once);
     # bwrap: refuse to start without it; process: never use it.
     isolation: str = "auto"
@@ -62,11 +72,14 @@ class SandboxConfig:
         for name in ("timeout_s", "memory_mb", "cpu_time_s", "episode_cpu_time_s", "max_processes", "max_file_mb",
                      "max_episode_disk_mb", "max_episode_files",
                      "max_open_files", "max_output_bytes", "max_code_bytes", "max_image_pixels",
-                     "max_image_bytes", "max_images_per_run", "n_servers", "uids_per_server",
+                     "max_image_bytes", "max_images_per_run", "output_check_s", "episode_cpus",
+                     "max_episode_depth", "n_servers", "uids_per_server",
                      "max_live_episodes", "server_start_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 problems.append(f"sandbox.{name} must be a positive number, got {value!r}")
+        if self.cgroup not in CGROUP_MODES:
+            problems.append(f"sandbox.cgroup must be one of {CGROUP_MODES}, got {self.cgroup!r}")
         if self.isolation not in ISOLATION_MODES:
             problems.append(f"sandbox.isolation must be one of {ISOLATION_MODES}, got {self.isolation!r}")
         if isinstance(self.max_open_files, int) and self.max_open_files < 16:

@@ -4,13 +4,11 @@ resource limits and a syscall filter. Each function is one layer so the server r
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
 import os
 import resource
 import shutil
 import signal
-import socket
 import stat
 import struct
 import subprocess
@@ -67,11 +65,13 @@ def _python_roots() -> list[str]:
     return kept
 
 
-def bwrap_command(server_argv: list[str], *, inputs_dir: str, episodes_dir: str) -> list[str]:
+def bwrap_command(server_argv: list[str], *, inputs_dir: str, episodes_dir: str,
+                  cgroup_dirs: list[str] = ()) -> list[str]:
     """bwrap argv that runs the warm server with: no network, a read-only system, a private /tmp,
     no host secrets or home, an empty environment, the inputs read-only and the episodes' folder the
     only writable place. The server keeps root inside (no user namespace when we are root) so it can
-    give every episode its own uid; the episode processes drop it before any code runs."""
+    give every episode its own uid; the episode processes drop it before any code runs.
+    cgroup_dirs: the server's own cgroup folders, bound writable so it can make episodes' cgroups."""
     cmd = ["bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid", "--unshare-ipc",
            "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
     if os.geteuid() != 0:
@@ -95,6 +95,7 @@ def bwrap_command(server_argv: list[str], *, inputs_dir: str, episodes_dir: str)
         cmd += ["--ro-bind", bind, bind]
     cmd += [
             "--ro-bind", inputs_dir, inputs_dir, "--bind", episodes_dir, episodes_dir,
+            *[arg for d in cgroup_dirs for arg in ("--bind", d, d)],
             "--remount-ro", "/",  # the root tmpfs bwrap builds: nothing new can be created at the top
             "--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
             "--setenv", "PYTHONPATH", str(REPO_ROOT), "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
@@ -107,51 +108,37 @@ def server_environment() -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-# ---------------------------------------------------------------- seccomp (built once, loaded per episode)
-# Syscalls no image or math snippet needs and that widen the attack surface: debugging other processes,
-# namespaces and mounts, kernel modules/keys/BPF, io_uring, clock changes.
-_DENIED_SYSCALLS = (
-    "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root", "chroot",
-    "unshare", "setns", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "bpf", "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup",
-    "io_uring_enter", "io_uring_register", "reboot", "swapon", "swapoff", "syslog", "acct", "quotactl",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "open_by_handle_at", "name_to_handle_at",
-    "fanotify_init", "lookup_dcookie", "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick",
-    "mount_setattr", "pidfd_getfd")
-# CLONE_NEWUSER, NEWPID, NEWNET, NEWUTS, NEWIPC, NEWNS, NEWCGROUP
-_CLONE_NAMESPACE_FLAGS = (0x10000000, 0x20000000, 0x40000000, 0x04000000, 0x08000000, 0x00020000, 0x02000000)
-
-
-def build_seccomp_filter():
-    """A pyseccomp filter (not loaded yet), or None when libseccomp is unavailable here."""
-    try:
-        import pyseccomp as sc
-    except (ImportError, OSError):
-        return None
-    try:
-        filt = sc.SyscallFilter(defaction=sc.ALLOW)
-        deny = sc.ERRNO(errno.EPERM)
-        for name in _DENIED_SYSCALLS:
-            try:
-                filt.add_rule(deny, name)
-            except (OSError, ValueError):
-                pass  # syscall unknown on this architecture/kernel
-        # Network: only Unix sockets (Python's own machinery); no IP, raw, packet or netlink sockets.
-        for family in (socket.AF_INET, socket.AF_INET6, socket.AF_PACKET, socket.AF_NETLINK):
-            filt.add_rule(deny, "socket", sc.Arg(0, sc.EQ, family))
-        # New namespaces through clone flags; clone3 hides its flags in memory, so make glibc fall back to clone.
-        for flag in _CLONE_NAMESPACE_FLAGS:
-            filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-        filt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-        return filt
-    except Exception:  # noqa: BLE001 - any libseccomp failure means: run without this layer
-        return None
-
-
 # ---------------------------------------------------------------- per-episode process layers
 def set_parent_death_signal() -> None:
     """The episode process dies with the server, whatever happens to the server."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+# What the server needs as root, and nothing else: CHOWN (an episode's work dir to its uid),
+# DAC_OVERRIDE and FOWNER (read, check, chmod and remove files of other uids), KILL (signal episode
+# processes of other uids), SETGID and SETUID (episode processes and the sweep helper become a uid).
+# Not SYS_ADMIN, SYS_PTRACE, NET_*, SYS_MODULE, ... while it reads and decodes attacker-made files.
+SERVER_CAPABILITIES = (0, 1, 3, 5, 6, 7)
+_PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def drop_server_capabilities(keep: tuple[int, ...] = SERVER_CAPABILITIES) -> None:
+    """Reduce this process (as root) to `keep`: bounding set, permitted, effective; nothing
+    inheritable or ambient, so no program it runs (rm) and no process it forks gets more."""
+    if os.geteuid() != 0:
+        return  # an unprivileged server has no capabilities to drop
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if cap not in keep and _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"could not drop capability {cap} from the bounding set")
+    _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    mask = sum(1 << c for c in keep)
+    header = struct.pack("=Ii", _CAPABILITY_VERSION_3, 0)
+    data = struct.pack("=6I", mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0, mask >> 32, mask >> 32, 0)
+    if _libc.syscall(126, ctypes.c_char_p(header), ctypes.c_char_p(data)) != 0:  # capset
+        raise OSError(ctypes.get_errno(), "capset failed")
 
 
 def become_subreaper() -> None:
@@ -273,21 +260,64 @@ def enforce_landlock(ruleset: int) -> None:
         os.close(ruleset)
 
 
-def kill_uid(uid: int) -> None:
-    """SIGKILL every process running as `uid` (an episode's processes, however they detached).
+def kill_uid(uid: int, remove_ipc: bool = False) -> None:
+    """SIGKILL every process running as `uid` (an episode's processes, however they detached), and
+    with remove_ipc, remove the IPC objects it owns (at the episode's end).
 
-    kill(-1) from a process of that uid reaches exactly the processes that uid may signal: its own."""
+    Done in a helper process that becomes `uid`: kill(-1) from it reaches exactly the processes that
+    uid may signal (its own), and as their owner it may remove that uid's IPC objects and nothing else."""
     pid = os.fork()
     if pid == 0:
         try:
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
             for _ in range(3):  # a fork bomb may be creating processes while we kill
-                os.kill(-1, signal.SIGKILL)
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    break
+            if remove_ipc:
+                remove_ipc_objects(uid)
         except BaseException:  # noqa: BLE001
             pass
         os._exit(0)
     os.waitpid(pid, 0)
+
+
+_IPC_RMID = 0
+
+
+def remove_ipc_objects(uid: int) -> None:
+    """Remove what outlives an episode's processes: SysV shared memory, semaphores and message queues
+    owned by `uid`, and its files in /dev/shm and /dev/mqueue (POSIX shared memory and queues). The
+    syscall filter denies creating any of them; this covers an episode that ran without it."""
+    removers = {"shm": lambda i: _libc.shmctl(i, _IPC_RMID, None), "sem": lambda i: _libc.semctl(i, 0, _IPC_RMID),
+                "msg": lambda i: _libc.msgctl(i, _IPC_RMID, None)}
+    for kind, remove in removers.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header, *rows = [line.split() for line in f]
+        except OSError:
+            continue
+        id_column, uid_column = 1, header.index("uid")
+        for row in rows:
+            if len(row) > uid_column and int(row[uid_column]) == uid:
+                remove(int(row[id_column]))
+    for folder in ("/dev/shm", "/dev/mqueue"):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def kill_process_group(pgid: int) -> None:

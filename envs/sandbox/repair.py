@@ -23,7 +23,7 @@ import textwrap
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 from envs.protocol import CODE_CLOSE, CODE_OPEN, REFERENCE_OUTPUT_DIR, strip_code_fence
 from envs.sandbox.repair_crops import clamp_crops
@@ -65,6 +65,7 @@ def repair_code(
     image_path: str | None = None,
     output_dir: str | None = None,
     image_paths: Sequence[str] = (),
+    output_exists: Callable[[str], bool] | None = None,
 ) -> RepairResult:
     """Repair `code` (a model turn's `<code>` block, fenced or not) and report each fix.
 
@@ -74,6 +75,10 @@ def repair_code(
         are mapped into it.
     image_paths: every real input path (multi-image episodes); `image_path` literals naming one of
         them are left alone.
+    output_exists: tells whether a path in the output folder exists (the episode wrote it). With
+        it, `image_path = "/mnt/data/temp_processed_images/x.jpg"` naming no such file is the input
+        (the released SFT data stored rotated inputs there); without it, such a literal is taken to
+        load an earlier output.
     """
     if output_dir is not None and _UNSAFE_PATH_CHARS & set(output_dir):
         raise ValueError(f"output_dir {output_dir!r} contains a quote, backslash, brace or newline; "
@@ -88,12 +93,13 @@ def repair_code(
         before_edits = list(fixes)
         edits = SourceEdits(text)
         _rename_cv(nodes, edits, fixes)
+        pointed: frozenset[int] = frozenset()
         if image_path is not None:
-            _point_image_path(nodes, edits, fixes, image_path, output_dir, image_paths)
+            pointed = _point_image_path(nodes, edits, fixes, image_path, output_dir, image_paths, output_exists)
         if output_dir is not None:
-            _map_output_dir(nodes, edits, fixes, output_dir)
+            _map_output_dir(nodes, edits, fixes, output_dir, skip=pointed)
         if size is not None:
-            clamp_crops(nodes, edits, fixes, size, output_dir)
+            clamp_crops(nodes, edits, fixes, size, output_dir, input_literals=pointed)
         repaired = edits.apply()
         if edits.spans:
             ast.parse(repaired, MODEL_CODE_FILENAME)
@@ -272,21 +278,30 @@ def _rename_cv(nodes: list[ast.AST], edits: SourceEdits, fixes: list[str]) -> No
 
 
 def _point_image_path(nodes: list[ast.AST], edits: SourceEdits, fixes: list[str], image_path: str,
-                      output_dir: str | None, image_paths: Sequence[str]) -> None:
+                      output_dir: str | None, image_paths: Sequence[str],
+                      output_exists: Callable[[str], bool] | None) -> frozenset[int]:
     """`image_path = "/some/training/path.jpg"` -> the real input (the released models do this);
-    `image_paths = [...]` with as many literals as there are inputs -> the real inputs, in order."""
+    `image_paths = [...]` with as many literals as there are inputs -> the real inputs, in order.
+    Returns the ids of the literals it pointed at an input."""
     real = list(image_paths) or [image_path]
     keep = set(real) | {image_path}
+
+    def earlier_output(literal: str) -> bool:
+        if output_dir is not None and under(literal, output_dir):
+            return True
+        if not under(literal, REFERENCE_DIR):
+            return False
+        if output_exists is None or output_dir is None:
+            return True  # unknown: an image_path there is taken to be an earlier output (iterative zoom)
+        return output_exists(output_dir.rstrip("/") + literal[len(REFERENCE_DIR):])
 
     def stale(node: ast.AST) -> bool:
         """A literal path that is neither a real input nor an output loaded on purpose."""
         if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
             return False
-        literal = node.value
-        return not (literal in keep or under(literal, REFERENCE_DIR)
-                    or (output_dir is not None and under(literal, output_dir)))
+        return not (node.value in keep or earlier_output(node.value))
 
-    pointed = set()
+    pointed, replaced = set(), set()
     for node in nodes:
         if isinstance(node, ast.Assign):
             targets, value = node.targets, node.value
@@ -297,26 +312,31 @@ def _point_image_path(nodes: list[ast.AST], edits: SourceEdits, fixes: list[str]
         names = {t.id for t in targets if isinstance(t, ast.Name)}
         if "image_path" in names and stale(value):
             edits.replace(value, repr(image_path))
+            replaced.add(id(value))
             pointed.add("pointed image_path at the input image")
         if "image_paths" in names and isinstance(value, (ast.List, ast.Tuple)) and len(value.elts) == len(real) \
                 and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts):
             for element, path in zip(value.elts, real):
                 if stale(element):
                     edits.replace(element, repr(path))
+                    replaced.add(id(element))
                     pointed.add("pointed image_paths at the input images")
     fixes.extend(sorted(pointed))
+    return frozenset(replaced)
 
 
 _STRING_START = re.compile(r"([rRuUfFbB]{0,2})(\"\"\"|'''|\"|')")
 
 
-def _map_output_dir(nodes: list[ast.AST], edits: SourceEdits, fixes: list[str], output_dir: str) -> None:
-    """String literals (plain, f-string heads, os.path.join parts) under the reference folder."""
+def _map_output_dir(nodes: list[ast.AST], edits: SourceEdits, fixes: list[str], output_dir: str,
+                    skip: frozenset[int] = frozenset()) -> None:
+    """String literals (plain, f-string heads, os.path.join parts) under the reference folder;
+    `skip`: literals already pointed at an input."""
     target = output_dir.rstrip("/") or "/"
     changed = False
     fstring_parts = {id(v) for n in nodes if isinstance(n, ast.JoinedStr) for v in n.values}
     for node in nodes:
-        if id(node) in fstring_parts:  # handled with their f-string (their positions are unreliable)
+        if id(node) in fstring_parts or id(node) in skip:  # f-string parts: handled with their f-string
             continue
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             head = node.value

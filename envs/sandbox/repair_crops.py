@@ -55,10 +55,12 @@ _SAME_SIZE_METHODS = frozenset({"convert", "copy"})
 
 
 def clamp_crops(nodes: list[ast.AST], edits: SourceEdits, fixes: list[str], size: tuple[int, int],
-                output_dir: str | None) -> None:
+                output_dir: str | None, input_literals: frozenset[int] = frozenset()) -> None:
     """Clamp every crop of the input image (`size` = (width, height)) found among `nodes` (the
-    parsed code's ast nodes); raises ModelCodeError for a box that lies outside the image."""
-    if not _loads_processed_image(nodes, output_dir):
+    parsed code's ast nodes); raises ModelCodeError for a box that lies outside the image.
+    input_literals: ids of path literals known to name the input (repair pointed them at it), even
+    when they look like an earlier output."""
+    if not _loads_processed_image(nodes, output_dir, input_literals):
         _clamp_crops(nodes, edits, fixes, size)
 
 
@@ -166,12 +168,15 @@ class _Clamper:
         return text
 
 
-def _loads_processed_image(nodes: list[ast.AST], output_dir: str | None) -> bool:
+def _loads_processed_image(nodes: list[ast.AST], output_dir: str | None,
+                           input_literals: frozenset[int] = frozenset()) -> bool:
     """True when the code loads an earlier output (iterative zoom): its boxes are in that image's
     coordinates, not the input's, so the input's size says nothing about them."""
     folders = [REFERENCE_DIR, *([output_dir] if output_dir else [])]
 
     def processed_literal(node: ast.AST) -> bool:
+        if id(node) in input_literals:
+            return False
         if isinstance(node, ast.JoinedStr) and node.values:
             node = node.values[0]
         return (isinstance(node, ast.Constant) and isinstance(node.value, str)

@@ -28,6 +28,7 @@ from pathlib import Path
 from envs.protocol import extract_code
 
 from . import isolation
+from .cgroups import create_server_cgroup, remove_server_cgroup
 from .config import SandboxConfig, load_sandbox_config
 from .errors import EpisodeClosedError, InputImageError, SandboxError, SandboxStartError
 from .result import RunResult
@@ -51,6 +52,7 @@ class _ServerHandle:
         self.ids = itertools.count(1)
         self.live_episodes = 0
         self.pid = None
+        self.cgroup: dict | None = None   # this server's cgroup folders (cgroups.py), made in start()
         # Per-episode uids must be unique on this host, across Sandboxes in other processes too
         # (RLIMIT_NPROC and file ownership are per uid): hold a uid block for this server's lifetime.
         self.uid_block, self._block_fd = _claim_uid_block(sandbox.config) if sandbox.uid_mode else (index, None)
@@ -60,14 +62,17 @@ class _ServerHandle:
         sb = self.sandbox
         argv = [sys.executable, "-s", "-m", "envs.sandbox.server"]
         log = open(os.path.join(sb.work_root, f"server-{self.index}.log"), "ab")
+        self.cgroup = _server_cgroup(sb.config, f"thyme-sandbox-{os.getpid()}-{self.index}-{uuid.uuid4().hex[:8]}")
+        cgroup_dirs = sorted(set(self.cgroup["dirs"].values())) if self.cgroup else []
         if sb.isolation == "bwrap":
-            cmd, env = isolation.bwrap_command(argv, inputs_dir=sb.inputs_dir, episodes_dir=sb.episodes_dir), None
+            cmd, env = isolation.bwrap_command(argv, inputs_dir=sb.inputs_dir, episodes_dir=sb.episodes_dir,
+                                               cgroup_dirs=cgroup_dirs), None
         else:
             cmd, env = argv, isolation.server_environment()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
                                      cwd="/", close_fds=True, start_new_session=True)
         log.close()
-        init = {"config": asdict(sb.config), "index": self.uid_block, "uid_mode": sb.uid_mode}
+        init = {"config": asdict(sb.config), "index": self.uid_block, "uid_mode": sb.uid_mode, "cgroup": self.cgroup}
         self.proc.stdin.write(encode(init))
         self.proc.stdin.flush()
         ready: list = []
@@ -80,6 +85,7 @@ class _ServerHandle:
                                     f"{sb.config.server_start_timeout_s} s ({sb.isolation} isolation); its log: "
                                     f"{self._log_tail()}")
         self.pid = ready[0].get("pid")
+        self.cgroup_version = ready[0].get("cgroup")  # 1 or 2; None: per-process rlimits only
         self.seccomp = bool(ready[0].get("seccomp"))
         self.landlock_abi = int(ready[0].get("landlock_abi") or 0)
         self.generation += 1
@@ -137,6 +143,8 @@ class _ServerHandle:
                 stream.close()
             except OSError:
                 pass
+        remove_server_cgroup(getattr(self, "cgroup", None))
+        self.cgroup = None
 
     def restart(self, seen_generation: int) -> None:
         """Replace a dead or hung server (once, however many threads noticed)."""
@@ -186,6 +194,29 @@ class _ServerHandle:
         if slot[1].get("server_died"):
             raise _ServerGone(generation)
         return slot[1]
+
+
+_warned_cgroup = False
+
+
+def _server_cgroup(cfg: SandboxConfig, name: str) -> dict | None:
+    """A cgroup folder for one server (per-episode memory, CPU and process limits), or None: then
+    the limits are per process only, said once (sandbox.cgroup=auto), or refused (require)."""
+    global _warned_cgroup
+    if cfg.cgroup == "off":
+        return None
+    info, problem = create_server_cgroup(name)
+    if info is not None:
+        return info
+    if cfg.cgroup == "require":
+        raise SandboxStartError(f"sandbox.cgroup is 'require' but {problem}. Run as root with a writable "
+                                "/sys/fs/cgroup, or set sandbox.cgroup=auto to fall back to per-process limits.")
+    if not _warned_cgroup:
+        _warned_cgroup = True
+        warnings.warn(f"sandbox: per-episode cgroups are unavailable ({problem}); memory_mb, CPU and process "
+                      "limits apply to each process (rlimits), not to each episode as a whole", RuntimeWarning,
+                      stacklevel=4)
+    return None
 
 
 _UID_BLOCK_DIR = "/run/thyme-sandbox-uids" if os.path.isdir("/run") else "/tmp/thyme-sandbox-uids"
@@ -449,8 +480,10 @@ class Episode:
         refusal = _scan(code, output_dir=self.work_dir)
         if refusal:
             return RunResult(ok=False, error=refusal)
+        # os.path.lexists: whether the episode wrote a file there (an image_path literal under
+        # /mnt/data/temp_processed_images/ naming no such file is the input); symlinks not followed.
         repaired = _repair(code, image_size=self.image_size, image_path=self.images[0] if self.images else None,
-                           output_dir=self.work_dir, image_paths=self.images)
+                           output_dir=self.work_dir, image_paths=self.images, output_exists=os.path.lexists)
         fixes = list(repaired.fixes)
         if repaired.error:
             return RunResult(ok=False, error=repaired.error, fixes=fixes)
@@ -517,8 +550,4 @@ def _scan(code: str, output_dir: str) -> str | None:
 
 def _repair(code: str, **kwargs):
     from .repair import repair_code
-    try:
-        return repair_code(code, **kwargs)
-    except TypeError:  # an older repair_code without image_paths
-        kwargs.pop("image_paths", None)
-        return repair_code(code, **kwargs)
+    return repair_code(code, **kwargs)

@@ -28,91 +28,16 @@ from typing import Sequence
 from envs.protocol import REFERENCE_OUTPUT_DIR
 from envs.sandbox.repair import MODEL_CODE_FILENAME
 from envs.sandbox.repair_edits import dotted
+from envs.sandbox.scan_rules import (
+    REFUSAL_REASONS, MAX_SCAN_BYTES, MODULES, MEMBERS, MEMBER_PREFIXES, MEMBER_PARTS, METHODS,
+    PATH_METHODS, PATH_CONSTRUCTORS, PATH_DERIVED, DUNDERS, SENSITIVE, COMMON_WORDS, GETATTR_LIKE,
+    WRITE_MODE, OS_WRITE_FLAGS)
 
 _log = logging.getLogger(__name__)
 
-# Why each kind of operation is refused, and what to do instead (the message's second half).
-REFUSAL_REASONS = {
-    "delete": ("deletes, moves or renames files, which the sandbox does not allow; write results to "
-               "new files in the output folder instead"),
-    "process": ("starts, replaces or signals processes, which the sandbox does not allow; do the work "
-                "in Python itself (cv2, numpy as np, PIL's Image and math are already imported)"),
-    "network": "uses the network, which the sandbox does not have; work with the given images only",
-    "native": "calls native code directly, which the sandbox does not allow; use numpy, cv2 or PIL",
-    "dynamic": ("runs or imports code chosen at run time, which the sandbox does not allow; write the "
-                "code out directly (cv2, numpy as np, PIL's Image and math are already imported)"),
-    "exit": ("would end the sandbox's Python process; let the code finish and print the result "
-             "instead"),
-    "permissions": ("changes file permissions, owners or links, which the sandbox does not allow; "
-                    "image work never needs it"),
-    "internals": ("reaches into the interpreter's internals, which the sandbox does not allow; use "
-                  "the objects and modules directly"),
-    "star": ("imports every name of a module that can delete files or run processes; import the "
-             "names you need instead (e.g. `from os import path`)"),
-    "write": ("writes outside the output folder, which the sandbox does not allow; save files under "
-              "the output folder (or a relative path) instead"),
-}
-
-# Importing (or touching) any of these is refused outright.
-_MODULES = {
-    **dict.fromkeys(("subprocess", "_posixsubprocess", "pty", "pexpect", "multiprocessing", "signal",
-                     "posix", "nt", "_thread"), "process"),
-    **dict.fromkeys(("socket", "_socket", "ssl", "urllib", "urllib2", "urllib3", "http", "httpx",
-                     "requests", "aiohttp", "ftplib", "smtplib", "telnetlib", "xmlrpc", "websocket",
-                     "websockets", "paramiko", "socketserver", "asyncore", "webbrowser"), "network"),
-    **dict.fromkeys(("ctypes", "_ctypes", "cffi"), "native"),
-    **dict.fromkeys(("importlib", "imp", "runpy", "code", "codeop", "zipimport", "pkgutil"), "dynamic"),
-}
-# Members of allowed modules that are refused (exact qualified names).
-_MEMBERS = {
-    **{f"os.{n}": "delete" for n in ("remove", "unlink", "rmdir", "removedirs", "rename", "renames",
-                                     "replace", "truncate", "ftruncate")},
-    **{f"os.{n}": "process" for n in ("system", "popen", "fork", "forkpty", "kill", "killpg",
-                                      "startfile", "plock", "setsid", "setuid", "setgid")},
-    **{f"os.{n}": "exit" for n in ("_exit", "abort")},
-    **{f"os.{n}": "permissions" for n in ("chmod", "fchmod", "lchmod", "chown", "fchown", "lchown",
-                                          "chflags", "lchflags", "chroot", "symlink", "link")},
-    **{f"shutil.{n}": "delete" for n in ("rmtree", "move")},
-    "shutil.chown": "permissions",
-    "sys.exit": "exit",
-    **{f"sys.{n}": "internals" for n in ("modules", "_getframe", "settrace", "setprofile", "meta_path",
-                                         "path_hooks")},
-    **{f"gc.{n}": "internals" for n in ("get_objects", "get_referrers", "get_referents")},
-    **{f"asyncio.{n}": "process" for n in ("create_subprocess_exec", "create_subprocess_shell",
-                                           "subprocess")},
-    **{f"builtins.{n}": "dynamic" for n in ("exec", "eval", "compile", "__import__")},
-    **{f"builtins.{n}": "exit" for n in ("exit", "quit")},
-    "builtins.__builtins__": "internals",
-}
-# os.execv, os.spawnl, os.posix_spawnp, ...: whole families.
-_MEMBER_PREFIXES = {"os.exec": "process", "os.spawn": "process", "os.posix_spawn": "process"}
-# Method names refused on any object: they only exist on paths (pathlib) and mean what they say.
-_METHODS = {
-    **dict.fromkeys(("unlink", "rmdir", "rmtree", "removedirs"), "delete"),
-    **dict.fromkeys(("chmod", "lchmod", "chown", "lchown", "symlink_to", "hardlink_to", "link_to"),
-                    "permissions"),
-}
-# Methods refused only on pathlib paths (str.replace and DataFrame.rename are everyday code).
-_PATH_METHODS = {"rename": "delete", "replace": "delete"}
-_PATH_CONSTRUCTORS = frozenset({"Path", "PurePath", "PosixPath", "PurePosixPath", "WindowsPath"})
-_PATH_DERIVED = frozenset({"parent", "with_name", "with_suffix", "with_stem", "absolute", "resolve",
-                           "expanduser", "joinpath"})
-# Attributes that lead from any object to the interpreter's internals (classic jail escapes).
-_DUNDERS = {n: "internals" for n in ("__subclasses__", "__globals__", "__builtins__", "__code__",
-                                     "__closure__", "__loader__", "__getattribute__")}
-_DUNDERS["__import__"] = "dynamic"
-# Modules whose attributes may not be looked up by a computed name.
-_SENSITIVE = frozenset({"os", "sys", "shutil", "builtins", "pathlib", "io", "gc", "posixpath",
-                        "__builtins__", *_MODULES})
-# Dangerous names that are also everyday words: refused in getattr, not when merely spelled out.
-_COMMON_WORDS = frozenset({"open", "replace", "rename", "move", "exit", "quit", "link", "truncate"})
-_GETATTR_LIKE = frozenset({"getattr", "attrgetter", "methodcaller", "hasattr", "delattr", "setattr"})
-_WRITE_MODE = re.compile(r"[wax+]")
-_OS_WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND", "O_TRUNC"})
-
 
 def scan_code(code: str, *, output_dir: str | None = None, writable_dirs: Sequence[str] = (),
-              earlier_code: Sequence[str] = ()) -> str | None:
+              earlier_code: Sequence[str] = (), max_bytes: int = MAX_SCAN_BYTES) -> str | None:
     """None when the code may run; otherwise one message for the model (what, where, why, instead).
 
     output_dir / writable_dirs: where writes with a literal absolute path may go (open(..., 'w'),
@@ -121,7 +46,14 @@ def scan_code(code: str, *, output_dir: str | None = None, writable_dirs: Sequen
         folder). Without output_dir the system's temporary folder stands in for it.
     earlier_code: the episode's earlier rounds, so `import os as o` there and `o.remove(...)` here
         is seen (their own problems were reported when they ran).
+    max_bytes: longer code (or earlier code) is refused unscanned. Every step below is linear in the
+        code's size, so the scan of code under the cap takes well under a second.
     """
+    size = len(code.encode("utf-8", errors="replace"))
+    if size > max_bytes:
+        return (f"Refused by the sandbox's safety scan: the code is {size} bytes, over the scan's "
+                f"{max_bytes}-byte limit; write shorter code.")
+    earlier_code = [e for e in earlier_code if len(e) <= max_bytes]
     try:
         tree = ast.parse(code, MODEL_CODE_FILENAME)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -167,6 +99,8 @@ class _Scanner:
         self.strings: dict[str, str] = {}       # names assigned one constant string (for getattr)
         self.paths: set[str] = set()            # names holding pathlib paths
         self.findings: list[tuple[int, int, str, str]] = []
+        self._qualified: dict[int, str | None] = {}   # memo: node id -> _qualify's answer
+        self._path_nodes: dict[int, bool] = {}        # memo: node id -> _is_path's answer
         # Nodes that are the `.value` of an attribute: parts of a longer chain, checked as the chain.
         self.inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         self._collect_bindings()
@@ -220,7 +154,7 @@ class _Scanner:
         for _ in range(2):  # o = os; r = o -- a sensitive module under another name is still itself
             for name, values in assigned.items():
                 qualified = self._qualify(values[0]) if len(values) == 1 else None
-                if qualified and qualified.removeprefix("builtins.").split(".")[0] in _SENSITIVE:
+                if qualified and qualified.removeprefix("builtins.").split(".")[0] in SENSITIVE:
                     self.aliases.setdefault(name, qualified.removeprefix("builtins."))
         for _ in range(2):  # p = Path(x); q = p / "y"
             for name, values in assigned.items():
@@ -229,13 +163,19 @@ class _Scanner:
 
     def _qualify(self, node: ast.AST) -> str | None:
         """`os.path.join` for a chain whose base is an import or an unshadowed module/builtin name."""
+        key = id(node)
+        if key not in self._qualified:
+            self._qualified[key] = self._qualify_uncached(node)
+        return self._qualified[key]
+
+    def _qualify_uncached(self, node: ast.AST) -> str | None:
         name = dotted(node)
         if name is None:
             return None
         base, _, rest = name.partition(".")
         if base in self.aliases:
             base = self.aliases[base]
-        elif base in self.variables or base in _MODULES:
+        elif base in self.variables or base in MODULES:
             # An unbound `signal` or `code` is a variable from an earlier round: importing such a
             # module is refused, so no earlier round can have bound the module itself.
             return None
@@ -253,7 +193,7 @@ class _Scanner:
                 self._check_qualified(node, alias.name, alias.name)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             if any(a.name == "*" for a in node.names) and not self._check_qualified(node, node.module, node.module) \
-                    and node.module.split(".")[0] in _SENSITIVE:
+                    and node.module.split(".")[0] in SENSITIVE:
                 self._flag(node, f"from {node.module} import *", "star")
             module_refused = self._category(_fold(node.module)) is not None
             for alias in node.names:
@@ -274,11 +214,11 @@ class _Scanner:
                 self._flag(node, "raise SystemExit", "exit")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             folded = _fold(node.value)
-            if folded in _DUNDERS:
-                self._flag(node, folded, _DUNDERS[folded])
+            if folded in DUNDERS:
+                self._flag(node, folded, DUNDERS[folded])
         elif isinstance(node, (ast.BinOp, ast.JoinedStr)):
             built = self._string(node)  # a name assembled from pieces, e.g. "rem" + "ove"
-            if built is not None and _fold(built) not in _COMMON_WORDS and self._dangerous_name(built):
+            if built is not None and _fold(built) not in COMMON_WORDS and self._dangerous_name(built):
                 self._flag(node, _fold(built), self._dangerous_name(built))
 
     def _check_qualified(self, node: ast.AST, qualified: str, shown: str) -> bool:
@@ -286,9 +226,9 @@ class _Scanner:
         parts = qualified.split(".")
         # Check every module named inside the chain too: os.path.os.remove, np.os.system ...
         for start in range(len(parts)):
-            if start and parts[start] not in _SENSITIVE:
+            if start and parts[start] not in SENSITIVE:
                 continue
-            for end in range(start + 1, len(parts) + 1):
+            for end in range(start + 1, min(len(parts), start + MEMBER_PARTS) + 1):
                 category = self._category(".".join(parts[start:end]))
                 if category:
                     self._flag(node, shown, category)
@@ -298,18 +238,18 @@ class _Scanner:
     @staticmethod
     def _category(qualified: str) -> str | None:
         root = qualified.split(".")[0]
-        if root in _MODULES:
-            return _MODULES[root]
-        if qualified in _MEMBERS:
-            return _MEMBERS[qualified]
-        for prefix, category in _MEMBER_PREFIXES.items():
+        if root in MODULES:
+            return MODULES[root]
+        if qualified in MEMBERS:
+            return MEMBERS[qualified]
+        for prefix, category in MEMBER_PREFIXES.items():
             if qualified.startswith(prefix):
                 return category
         return None
 
     def _check_reference(self, node: ast.AST) -> None:
-        if isinstance(node, ast.Attribute) and _fold(node.attr) in _DUNDERS:
-            self._flag(node, f".{_fold(node.attr)}", _DUNDERS[_fold(node.attr)])
+        if isinstance(node, ast.Attribute) and _fold(node.attr) in DUNDERS:
+            self._flag(node, f".{_fold(node.attr)}", DUNDERS[_fold(node.attr)])
             return
         if self._is_chain_head(node):
             qualified = self._qualify(node)
@@ -318,11 +258,11 @@ class _Scanner:
         if not isinstance(node, ast.Attribute):
             return
         attr = _fold(node.attr)
-        if attr in _METHODS:
-            self._flag(node, f".{attr}", _METHODS[attr])
-        elif attr in _PATH_METHODS and self._is_path(node.value):
-            self._flag(node, f"Path.{attr}", _PATH_METHODS[attr])
-        elif attr == "__dict__" and (self._qualify(node.value) or "").split(".")[0] in _SENSITIVE:
+        if attr in METHODS:
+            self._flag(node, f".{attr}", METHODS[attr])
+        elif attr in PATH_METHODS and self._is_path(node.value):
+            self._flag(node, f"Path.{attr}", PATH_METHODS[attr])
+        elif attr == "__dict__" and (self._qualify(node.value) or "").split(".")[0] in SENSITIVE:
             self._flag(node, f"{self._qualify(node.value)}.__dict__", "internals")
 
     @staticmethod
@@ -341,18 +281,18 @@ class _Scanner:
     def _check_call(self, call: ast.Call) -> None:
         func = self._qualify(call.func) or ""
         name = func.rsplit(".", 1)[-1]
-        if name in _GETATTR_LIKE and (func.startswith(("builtins.", "operator.")) or func == name):
+        if name in GETATTR_LIKE and (func.startswith(("builtins.", "operator.")) or func == name):
             self._check_getattr(call, name)
         elif func in ("builtins.vars", "builtins.dir") and call.args:
             target = self._qualify(call.args[0]) or ""
-            if target.split(".")[0] in _SENSITIVE and func == "builtins.vars":
+            if target.split(".")[0] in SENSITIVE and func == "builtins.vars":
                 self._flag(call, f"vars({target})", "internals")
         elif func in ("builtins.open", "io.open", "codecs.open"):
             self._check_open(call, mode_index=1)
         elif func == "os.open":
             flags = {n.attr if isinstance(n, ast.Attribute) else n.id
                      for arg in call.args[1:2] for n in ast.walk(arg) if isinstance(n, (ast.Attribute, ast.Name))}
-            if flags & _OS_WRITE_FLAGS:
+            if flags & OS_WRITE_FLAGS:
                 self._check_write_path(call, call.args[0] if call.args else None, "os.open")
         elif func in ("shutil.copy", "shutil.copy2", "shutil.copyfile", "shutil.copytree") and len(call.args) > 1:
             self._check_write_path(call, call.args[1], func)
@@ -379,7 +319,7 @@ class _Scanner:
             target = self._qualify(call.args[0])
         attr = names[0] if names else None
         if attr is None:
-            if target and target.removeprefix("builtins.").split(".")[0] in _SENSITIVE:
+            if target and target.removeprefix("builtins.").split(".")[0] in SENSITIVE:
                 self._flag(call, f"{name}({target}, <computed name>)", "internals")
             return
         attr = _fold(attr)
@@ -401,12 +341,12 @@ class _Scanner:
     def _dangerous_name(self, name: str) -> str | None:
         """A string that names something refused, whatever object it is looked up on."""
         name = _fold(name)
-        if name in _DUNDERS:
-            return _DUNDERS[name]
-        if name in _METHODS:
-            return _METHODS[name]
-        if name in _PATH_METHODS:
-            return _PATH_METHODS[name]
+        if name in DUNDERS:
+            return DUNDERS[name]
+        if name in METHODS:
+            return METHODS[name]
+        if name in PATH_METHODS:
+            return PATH_METHODS[name]
         if name == "open":
             return "write"
         for qualified in (f"os.{name}", f"shutil.{name}", f"builtins.{name}", f"sys.{name}"):
@@ -423,7 +363,7 @@ class _Scanner:
             if keyword.arg == "mode":
                 mode = keyword.value
         text = self._string(mode) if mode is not None else None
-        return bool(text and _WRITE_MODE.search(text))
+        return bool(text and WRITE_MODE.search(text))
 
     def _check_open(self, call: ast.Call, mode_index: int) -> None:
         if self._mode_writes(call, mode_index):
@@ -462,18 +402,35 @@ class _Scanner:
         return None
 
     def _is_path(self, node: ast.AST) -> bool:
-        if isinstance(node, ast.Name):
-            return node.id in self.paths
-        if isinstance(node, ast.Call):
-            func = self._qualify(node.func) or ""
-            return func.rsplit(".", 1)[-1] in _PATH_CONSTRUCTORS or (
-                isinstance(node.func, ast.Attribute) and node.func.attr in _PATH_DERIVED
-                and self._is_path(node.func.value))
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
-            return self._is_path(node.left)
-        if isinstance(node, ast.Attribute) and node.attr in _PATH_DERIVED:
-            return self._is_path(node.value)
-        return False
+        """A pathlib path: Path(...), a name holding one, or one derived from it (p / "x",
+        p.parent, p.with_suffix(...)). Walked as a loop and remembered per node, so long chains
+        (`p.joinpath("a").joinpath("a")...`) cost linear time and no recursion."""
+        seen = []
+        answer = False
+        while True:
+            if id(node) in self._path_nodes:
+                answer = self._path_nodes[id(node)]
+                break
+            seen.append(id(node))
+            if isinstance(node, ast.Name):
+                answer = node.id in self.paths
+            elif isinstance(node, ast.Call):
+                func = self._qualify(node.func) or ""
+                if func.rsplit(".", 1)[-1] in PATH_CONSTRUCTORS:
+                    answer = True
+                elif isinstance(node.func, ast.Attribute) and node.func.attr in PATH_DERIVED:
+                    node = node.func.value
+                    continue
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+                node = node.left
+                continue
+            elif isinstance(node, ast.Attribute) and node.attr in PATH_DERIVED:
+                node = node.value
+                continue
+            break
+        for key in seen:
+            self._path_nodes[key] = answer
+        return answer
 
     # -- strings built from constants ----------------------------------------------------------
 
@@ -548,7 +505,7 @@ class _Scanner:
 
 # Code that does not parse: a coarse text check over the folded text, for the plainest patterns only.
 _TEXT_PATTERNS = (
-    re.compile(r"\b(?:import|from)\s+(" + "|".join(map(re.escape, _MODULES)) + r")\b"),
+    re.compile(r"\b(?:import|from)\s+(" + "|".join(map(re.escape, MODULES)) + r")\b"),
     re.compile(r"\b(os\.(?:remove|unlink|rmdir|removedirs|rename|renames|replace|system|popen|fork|"
                r"kill|killpg|_exit|chmod|chown|exec\w*|spawn\w*)|shutil\.(?:rmtree|move)|"
                r"__import__|__subclasses__|__builtins__)\s*\("),
@@ -562,6 +519,6 @@ def _scan_text(code: str) -> str | None:
         if match:
             shown = match.group(1)
             line = folded.count("\n", 0, match.start()) + 1
-            category = _Scanner._category(shown) or _DUNDERS.get(shown, "internals")
+            category = _Scanner._category(shown) or DUNDERS.get(shown, "internals")
             return f"Refused by the sandbox's safety scan (line {line}): `{shown}` {REFUSAL_REASONS[category]}."
     return None
