@@ -3,8 +3,9 @@
 - learners: GRPOLearner actors on one placement group (learners/learner_actor.LearnerGroup);
 - reference: with `cluster.reference: separate` (and kl_beta > 0) ReferenceWorkers on a placement
   group of their own; `colocated` puts it inside each learner;
-- rollout engines: one RolloutActor per bundle of a placement group ({GPU: gpus_per_engine,
-  CPU: cpus_per_engine} each; a tensor-parallel engine keeps its GPUs on one node);
+- rollout engines: one RolloutActor each, on a placement group of their own: a {CPU: cpus_per_engine}
+  bundle per CPU engine, gpus_per_engine single-GPU bundles per GPU engine (a tensor-parallel vLLM
+  engine runs one worker on each, actors/rollout_placement.py);
 - sandboxes: a SandboxPool of `sandbox_actors` SandboxActors shared by every engine;
 - rewards: one RewardActor (and the vLLM judge servers when judge=vllm).
 Thin on purpose: it creates and releases; the GRPO trainer drives.
@@ -19,6 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.reward_actor import create_reward_actor
 from actors.rollout_actor import RolloutActor
+from actors.rollout_placement import RolloutPlacement
 from actors.sandbox_pool import MAX_RESTARTS, SandboxPool
 
 log = logging.getLogger(__name__)
@@ -45,24 +47,37 @@ class RLWorkers:
                                               reference_settings, strategy=c.placement_strategy,
                                               ready_timeout_s=ready_timeout_s, actor_class=ReferenceActor)
             self.sandbox_pool = SandboxPool(n_actors=c.sandbox_actors, config=sandbox, num_cpus=c.cpus_per_sandbox)
-            bundle = {"CPU": c.cpus_per_engine, **({"GPU": c.gpus_per_engine} if c.gpus_per_engine else {})}
-            self.engine_group = placement_group([bundle] * c.rollout_engines, strategy=c.placement_strategy)
-            ready, _ = ray.wait([self.engine_group.ready()], timeout=ready_timeout_s)
-            if not ready:
-                raise TimeoutError(f"the cluster could not place {c.rollout_engines} rollout engine(s) with {bundle} "
-                                   f"each within {ready_timeout_s:.0f} s; lower cluster.rollout_engines")
-            self.engines = [
-                RolloutActor.options(num_cpus=c.cpus_per_engine, num_gpus=c.gpus_per_engine, max_restarts=MAX_RESTARTS,
-                                     scheduling_strategy=PlacementGroupSchedulingStrategy(
-                                         self.engine_group, placement_group_bundle_index=i)).remote(
-                    model_path, rollout=rollout, sandbox_pool=self.sandbox_pool, prompt=prompt)
-                for i in range(c.rollout_engines)]
+            self.engines = self._start_engines(c, model_path, rollout, prompt, ready_timeout_s)
             self.reward, self.judge_group = create_reward_actor(reward, judge, num_cpus=c.reward_cpus,
                                                                 max_restarts=MAX_RESTARTS)
             ray.get([e.stats.remote() for e in self.engines])  # engines loaded (raises their start-up error here)
         except BaseException:
             self.shutdown()
             raise
+
+    def _start_engines(self, c, model_path: str, rollout: dict, prompt: dict | None, timeout_s: float) -> list:
+        """CPU engines on {CPU: cpus_per_engine} bundles; GPU engines on gpus_per_engine single-GPU bundles
+        each (actors/rollout_placement.py: a tensor-parallel vLLM engine runs its workers on them)."""
+        if c.gpus_per_engine:
+            placement = RolloutPlacement(c.rollout_engines, c.gpus_per_engine, c.placement_strategy, timeout_s)
+            self.engine_group = placement.group
+            options = [placement.actor_options(i) for i in range(c.rollout_engines)]
+            rollouts = [rollout if rollout.get("engine", "hf") != "vllm" else
+                        {**rollout, "engine_options": {**(rollout.get("engine_options") or {}), **e.engine_options()}}
+                        for e in placement.engines]
+        else:
+            bundle = {"CPU": c.cpus_per_engine}
+            self.engine_group = placement_group([bundle] * c.rollout_engines, strategy=c.placement_strategy)
+            ready, _ = ray.wait([self.engine_group.ready()], timeout=timeout_s)
+            if not ready:
+                raise TimeoutError(f"the cluster could not place {c.rollout_engines} rollout engine(s) with {bundle} "
+                                   f"each within {timeout_s:.0f} s; lower cluster.rollout_engines")
+            options = [{"num_cpus": c.cpus_per_engine, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                self.engine_group, placement_group_bundle_index=i)} for i in range(c.rollout_engines)]
+            rollouts = [rollout] * c.rollout_engines
+        return [RolloutActor.options(max_restarts=MAX_RESTARTS, **opts).remote(
+                    model_path, rollout=engine_rollout, sandbox_pool=self.sandbox_pool, prompt=prompt)
+                for opts, engine_rollout in zip(options, rollouts)]
 
     def shutdown(self) -> None:
         """Release everything this created, whatever state it is in (a failed start included)."""

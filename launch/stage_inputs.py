@@ -156,6 +156,10 @@ def prepare_stage(config: TrainConfig, stage_cfg: DictConfig, base_model: str) -
             RolloutConfig(**{**rollout, "sampling": training_sampling})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"rollout (with stage.grpo.sampling): {exc}") from exc
+        if rollout.get("engine", "hf") == "hf" and config.cluster.gpus_per_engine > 1:
+            raise ConfigError(f"cluster.gpus_per_engine={config.cluster.gpus_per_engine} with rollout.engine=hf: the HF "
+                              "engine runs on one GPU; set cluster.gpus_per_engine=1, or rollout.engine=vllm for "
+                              "tensor parallel")
         log.info("%s prompts: %s", config.stage.name, note)
         sections = {k: _section(stage_cfg, k) for k in ("sandbox", "reward", "judge", "prompt")}
         return StageInputs(f"{len(prompts)} RL prompts", lambda cfg, path: GRPOTrainer(
