@@ -1,5 +1,5 @@
 """launch.train with a GRPO stage: `pipeline=[sft_small,grpo_small]` through the Hydra entry point, the
-GRPO stage starting from the SFT stage's checkpoint, RL rows with a corrupt image and a broken line
+GRPO stage starting from the SFT stage's checkpoint, dynamic sampling with nothing to learn from, RL rows with a corrupt image and a broken line
 skipped and counted; the configuration and placement checks that run before Ray starts."""
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_sft_then_grpo_pipeline(ray_cluster, tiny_model_dir, rl_file, scratch_di
     out = scratch_dir / "grpo_cli"
     overrides = ["pipeline=[sft_small,grpo_small]", f"output_dir={out}", f"model.path={tiny_model_dir}",
                  f"data.generate_dir={scratch_dir / 'cli_sft_tasks'}", "data.generate_per_category=2",
-                 f"data.rl_path={rl_file}", "stage.max_steps=1", "logging=disabled",
+                 f"data.rl_path={rl_file}", "stage.max_steps=1", "logging=disabled", "++stage.grpo.zero_variance=drop",
                  "rollout.max_new_tokens_per_round=16", "rollout.max_turns=2", "+rollout.engine_options.torch_threads=1"]
     _, stages = _compose(overrides)
     sft, grpo = run(stages)
@@ -79,6 +79,9 @@ def test_sft_then_grpo_pipeline(ray_cluster, tiny_model_dir, rl_file, scratch_di
     assert state["model_path"] == sft.hf_dir and state["num_prompts"] == 4  # from the SFT output; 2 rows skipped
     step = json.loads((out / "grpo" / "metrics.jsonl").read_text().splitlines()[0])
     assert step["episodes"] == 16 and step["groups"] == 4 and step["step"] == 1
-    for key in ("generate_s", "reward_s", "update_s", "sync_s", "reward", "format_rate", "entropy", "logprob_gap_mean"):
+    for key in ("generate_s", "reward_s", "update_s", "sync_s", "reward", "format_rate"):
         assert key in step, key
+    # A 1-step SFT model earns nothing: every group has equal rewards, is dropped (zero_variance=drop),
+    # refilled twice from new prompts in vain; the step then skips its update instead of failing.
+    assert step["zero_variance_groups"] == 4 and step["trajectories"] == 0 and step["update_skipped"] == 1
     assert json.loads((out / "train_result.json").read_text())[1]["hf_dir"] == grpo.hf_dir

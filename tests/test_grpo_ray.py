@@ -137,9 +137,11 @@ def trajectories(warm_policy):
     engine = HFEngine(model_dir)
     from policy.prompts import PromptConfig
 
-    loop_config = RolloutConfig(max_new_tokens_per_round=16, max_turns=3)
+    loop_config = RolloutConfig(max_new_tokens_per_round=24, max_turns=3)
     with Sandbox() as sandbox, AgentLoop(engine, sandbox, loop_config, prompt=PromptConfig(**TEST_PROMPT)) as loop:
-        prompts = [dict(p, seed=11 + i) for i, p in enumerate(_prompts(images)[:2])]
+        # p0's reply opens a code block the policy writes itself (greedily, ATS); p1's starts free.
+        prompts = [dict(p, seed=11 + i, assistant_prefix=prefix)
+                   for i, (p, prefix) in enumerate(zip(_prompts(images)[:2], ["<code>\n", ""]))]
         records = [r.to_dict() for r in loop.run(episode_inputs(prompts, 4))]
     vision = {engine.processor.vision_start_id, engine.processor.vision_end_id, engine.processor.image_pad_id}
     out = build_trajectories(records, [float(i % 4) for i in range(8)], vision_ids=vision, max_tokens=4096)
@@ -157,7 +159,8 @@ def _one_step(model_dir, trajectories, learners: int, zero: int):
     from learners.learner_actor import GRPOLearnerActor, LearnerGroup
 
     accumulation = 8 // (2 * learners)
-    options = GRPOLearnerOptions(loss={"kl_beta": 0.1, "eps_low": 0.2, "eps_high": 0.2}, reference="colocated")
+    options = GRPOLearnerOptions(loss={"kl_beta": 0.1, "eps_low": 0.2, "eps_high": 0.2}, reference="colocated",
+                                 code_tokens="mask")  # code tokens out of the sum, still in the token count
     settings = asdict(LearnerSettings(
         model_path=str(model_dir), total_steps=1, accumulation_steps=accumulation, micro_batch=2, lr=1e-4,
         warmup_ratio=0.0, min_lr_ratio=1.0, weight_decay=0.0, adam_betas=(0.9, 0.999), adam_eps=1e-8, grad_clip=1e9,
@@ -184,6 +187,7 @@ def test_learner_step_does_not_depend_on_the_split(ray_cluster, warm_policy, tra
         return sum(m[key] for rank in out for mini in rank["mini_batches"] for m in [mini])
     for key in ("pg_sum", "kl_sum", "trained_tokens", "model_tokens"):
         assert total(one, key) == pytest.approx(total(two, key), rel=1e-5, abs=1e-8), key
+    assert 0 < total(one, "trained_tokens") < total(one, "model_tokens")  # the code tokens were masked
     # The gradient norm (before clipping, over the whole model) is the same: a normalisation off by the
     # learner count or the accumulation steps would change it by that factor.
     norm_one, norm_two = one[0]["mini_batches"][0]["grad_norm"], two[0]["mini_batches"][0]["grad_norm"]
