@@ -22,7 +22,7 @@ from PIL import Image
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
 QUESTION = "What color is the image?"
 CODE_REPLY = "<code>\n```python\nprint(2 + 3)\n```\n</code>"
-RECIPE = {"sequences": 48, "steps": 120, "lr": 3e-3, "batch": 8, "seed": 0, "version": 5}
+RECIPE = {"sequences": 48, "steps": 120, "lr": 3e-3, "batch": 8, "seed": 0, "version": 6}
 
 
 def colour_images(folder: str | Path, size: tuple[int, int] = (112, 84)) -> dict[str, str]:
@@ -46,18 +46,21 @@ TEST_PROMPT = {"system": "Write Python in <code></code>; its output comes back i
 
 def _sequences(processor, images: dict[str, str], n: int, rng: random.Random, prompt) -> list[tuple[list[int], int, str]]:
     """(ids, reply start, image path) triples: the agent loop's prompt for a colour image, then a reply
-    that names a random colour (so the policy is unsure), a third of them a code block instead."""
+    that names a colour or is a code block. Balanced: every image is paired with every colour and with
+    the code block equally often (then shuffled), so the policy's answer is ~1/3 right whatever the
+    image and the floats of the machine that trained it -- GRPO groups get rewards that differ."""
+    kinds = [(path, reply) for path in images.values() for reply in [*sorted(COLOURS), None]]
+    plan = [kinds[i % len(kinds)] for i in range(n)]
+    rng.shuffle(plan)
+    encode = lambda text: processor.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     out = []
-    for i in range(n):
-        path = images[rng.choice(sorted(images))]
+    for path, colour in plan:
         image = Image.open(path).convert("RGB")
         user = prompt.user_text(QUESTION, path, image.width, image.height)
         ids = processor.chat_prompt_ids(prompt.system, user, [image])
-        encode = lambda text: processor.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
         # `<answer>` tokenised on its own, as the agent loop tokenises a forced `<answer>` prefix: the
         # colour then follows the same tokens in training and in rollouts.
-        reply = encode(CODE_REPLY) if i % 3 == 0 else \
-            encode("<answer>") + encode(f"{rng.choice(sorted(COLOURS))}</answer><|im_end|>")
+        reply = encode(CODE_REPLY) if colour is None else encode("<answer>") + encode(f"{colour}</answer><|im_end|>")
         out.append((ids + reply, len(ids), path))
     return out
 
