@@ -48,12 +48,14 @@ def generate_task(category: str, index: int, *, seed: int, split: str, out_dir: 
 
 
 def plan(category: str, n: int) -> list[tuple[str, int]]:
-    """(category, index) pairs for `n` tasks; 'all' spreads them round-robin over the categories."""
-    if category == "all":
-        return [(CATEGORIES[i % len(CATEGORIES)], i // len(CATEGORIES)) for i in range(n)]
-    if category not in CATEGORIES:
-        raise ValueError(f"unknown category {category!r}; expected one of {list(CATEGORIES)} or 'all'")
-    return [(category, i) for i in range(n)]
+    """(category, index) pairs for `n` tasks; 'all' spreads them round-robin over the categories, a
+    comma-separated list ("direct,rotation") round-robin over those (task k of a category is the same
+    task whichever list it is drawn in: same seed, same pixels)."""
+    names = list(CATEGORIES) if category == "all" else [c.strip() for c in category.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CATEGORIES]
+    if unknown or not names:
+        raise ValueError(f"unknown category {category!r}; expected one of {list(CATEGORIES)}, 'all' or a comma-separated list")
+    return [(names[i % len(names)], i // len(names)) for i in range(n)]
 
 
 def _generate_job(job: tuple) -> Task:
