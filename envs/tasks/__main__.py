@@ -29,6 +29,26 @@ def _categories(value: str) -> str:
     return ",".join(names)
 
 
+def _difficulty(value: str) -> float | dict[str, float]:
+    """A level in [0, 1], or CATEGORY=LEVEL pairs separated by commas."""
+    def level(text: str) -> float:
+        number = float(text)
+        if not 0.0 <= number <= 1.0:
+            raise ValueError
+        return number
+    try:
+        if "=" not in value:
+            return level(value)
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        levels = {name.strip(): level(number) for name, number in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a level in [0, 1] or CATEGORY=LEVEL,...") from None
+    unknown = sorted(set(levels) - set(CATEGORIES))
+    if unknown or not levels:
+        raise argparse.ArgumentTypeError(f"{value!r}: unknown categories {unknown}; expected some of {', '.join(CATEGORIES)}")
+    return levels
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m envs.tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--split", default="train", choices=["train", "eval"])
     gen.add_argument("--out", required=True, help="output folder")
-    gen.add_argument("--difficulty", type=float, default=None,
-                     help="fixed difficulty in [0, 1] for every task (default: drawn per task)")
+    gen.add_argument("--difficulty", type=_difficulty, default=None,
+                     help="fixed difficulty in [0, 1] for every task, or per category (computation=0,rotation=0.3; "
+                          "the others drawn); default: drawn per task")
     gen.add_argument("--trajectories", action="store_true", help="also write expert SFT trajectories (needs the sandbox)")
     gen.add_argument("--sft-format", default="jsonl", choices=["jsonl", "parquet"], help="file format of the SFT rows")
     gen.add_argument("--prompt", default="thyme", help="conf/prompt/<name>.yaml the SFT and RL rows are written with")
@@ -67,8 +88,6 @@ def _generate(args) -> int:
 
     if args.n <= 0:
         raise SystemExit("--n must be positive")
-    if args.difficulty is not None and not 0.0 <= args.difficulty <= 1.0:
-        raise SystemExit(f"--difficulty must be in [0, 1], got {args.difficulty}")
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
     try:

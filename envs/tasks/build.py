@@ -15,11 +15,14 @@ IMAGE_DIR, REFERENCE_DIR = "images", "references"
 
 
 def generate_task(category: str, index: int, *, seed: int, split: str, out_dir: str | Path,
-                  difficulty: float | None = None, config: TaskGenConfig | None = None) -> Task:
+                  difficulty: float | dict | None = None, config: TaskGenConfig | None = None) -> Task:
     """Task number `index` of `category`: the same arguments always give the same pixels and text.
 
-    difficulty=None draws one per task uniformly from [0, 1) (a mixed-difficulty set).
+    difficulty=None draws one per task uniformly from [0, 1) (a mixed-difficulty set); a dict
+    {category: level} fixes it for the categories it names and draws it for the others.
     """
+    if isinstance(difficulty, dict):
+        difficulty = difficulty.get(category)
     if category not in GENERATORS:
         raise ValueError(f"unknown category {category!r}; expected one of {sorted(GENERATORS)} or 'all'")
     config = config or TaskGenConfig()
@@ -64,7 +67,7 @@ def _generate_job(job: tuple) -> Task:
 
 
 def generate_tasks(category: str, n: int, *, seed: int, split: str, out_dir: str | Path,
-                   difficulty: float | None = None, config: TaskGenConfig | None = None,
+                   difficulty: float | dict | None = None, config: TaskGenConfig | None = None,
                    progress: bool = True, workers: int = 1) -> list[Task]:
     """Generate `n` tasks into OUT_DIR and write OUT_DIR/tasks.jsonl (replacing an existing manifest).
 
