@@ -33,7 +33,8 @@ PROMPT = "demo"
 # is a fixed idiom plus a number or two, computation kept easy (few values to transcribe).
 CATEGORIES = "direct,rotation,low_contrast,computation"
 DIFFICULTY = "computation=0,rotation=0"
-SEEDS = {"sft": 11, "rl": 21, "eval": 999}  # three task sets, three seeds: the held-out tasks are never trained
+# Four task sets, four seeds: the held-out tasks are never trained on.
+SEEDS = {"sft": 11, "math": 12, "rl": 21, "eval": 999}
 PIPELINE = "pipeline=[sft_demo,sft_math_demo,grpo_demo]"
 
 CROP_SNIPPET = """
@@ -102,12 +103,12 @@ def sandbox_step(out: Path) -> None:
     TIMES.append(("sandbox", time.perf_counter() - started))
 
 
-def generate(out: Path, n: int, seed: int, split: str, trajectories: bool, label: str) -> None:
+def generate(out: Path, n: int, seed: int, split: str, trajectories: bool, label: str, categories: str = CATEGORIES) -> None:
     product = out / ("sft.jsonl" if trajectories else "tasks.jsonl")
     if product.is_file():
         print(f"[demo] {label}: reusing {product}")
         return
-    run(["-m", "envs.tasks", "generate", "--category", CATEGORIES, "--difficulty", DIFFICULTY, "--n", str(n),
+    run(["-m", "envs.tasks", "generate", "--category", categories, "--difficulty", DIFFICULTY, "--n", str(n),
          "--seed", str(seed), "--split", split, "--out", str(out), "--prompt", PROMPT, "--workers", "2",
          "--set", "literal_path_share=0"] + (["--trajectories"] if trajectories else []), label)
 
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/demo", help="folder for everything the demo writes")
     parser.add_argument("--skip-train", action="store_true", help="reuse the models a previous demo trained")
     parser.add_argument("--sft-tasks", type=int, default=800, help="SFT tasks (with expert trajectories)")
+    parser.add_argument("--math-tasks", type=int, default=100, help="computation tasks of the annealing stage")
     parser.add_argument("--rl-tasks", type=int, default=400, help="GRPO prompts")
     parser.add_argument("--eval-tasks", type=int, default=200, help="held-out tasks (spread over the categories)")
     parser.add_argument("--train", action="append", default=[], metavar="OVERRIDE",
@@ -144,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     banner("1/6 sandbox", "a model-written crop runs in the isolated sandbox, its repairs listed")
     sandbox_step(out)
 
-    banner("2/6 tasks", f"generated tasks ({CATEGORIES}; {DIFFICULTY}), three seeds: SFT, GRPO, held-out eval")
+    banner("2/6 tasks", f"generated tasks ({CATEGORIES}; {DIFFICULTY}), own seeds: SFT, annealing, GRPO, held-out eval")
     data = out / "data"
     generate(data / "sft", args.sft_tasks, SEEDS["sft"], "train", True, "SFT tasks + expert trajectories")
+    generate(data / "math", args.math_tasks, SEEDS["math"], "train", True, "computation tasks + trajectories",
+             categories="computation")
     generate(data / "rl", args.rl_tasks, SEEDS["rl"], "train", False, "GRPO prompts")
     generate(data / "eval", args.eval_tasks, SEEDS["eval"], "eval", False, "held-out tasks")
 
@@ -154,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     banner("3/6 train", "the tiny Qwen2.5-VL from scratch: SFT (image data), SFT (computation), GRPO-ATS; local Ray")
     if not (args.skip_train and (train_out / "train_result.json").exists()):
         run(["-m", "launch.train", PIPELINE, f"prompt={PROMPT}", f"output_dir={train_out}", f"model.tiny_dir={tiny}",
-             f"data.sft_path={data / 'sft' / 'sft.jsonl'}", f"data.rl_path={data / 'rl' / 'rl.jsonl'}",
+             # the image stage trains every SFT row (computation included), the annealing its own set
+             f"data.sft_path={data / 'sft' / 'sft.jsonl'}", "data.math_categories=[]",
+             f"data.math_path={data / 'math' / 'sft.jsonl'}", f"data.rl_path={data / 'rl' / 'rl.jsonl'}",
              "checkpoint.resume=false", *args.train], "train (SFT, SFT math, GRPO)")
     models = {"random": str(tiny), "sft": stage_models(train_out)["sft_math"], "grpo": stage_models(train_out)["grpo"]}
 
@@ -171,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
          str(compare), "--out", str(out / "learning.png")], "plot")
 
     banner("6/6 chat", "one conversation with the final model on a held-out task")
-    task = next(json.loads(line) for line in (data / "eval" / "tasks.jsonl").read_text().splitlines()
-                if line.strip() and json.loads(line)["category"] == "low_contrast")
-    print(f"[demo] question: {task['question']!r}; reference answer: {task['answer']!r}")
-    run(["-m", "launch.chat", "--model", models["grpo"], "--image", task["image_paths"][0], "--out", str(out / "chat"),
-         "--prompt", PROMPT, "--greedy", task["question"]], "chat")
+    from envs.tasks import load_tasks
+
+    task = next(t for t in load_tasks(data / "eval") if t.category == "low_contrast")
+    print(f"[demo] question: {task.question!r}; reference answer: {task.answer!r}")
+    run(["-m", "launch.chat", "--model", models["grpo"], "--image", str(Path(task.image_paths[0]).resolve()),
+         "--out", str(out / "chat"), "--prompt", PROMPT, "--greedy", task.question], "chat")
 
     print_times(time.perf_counter() - started)
     print(f"[demo] everything is under {out}")
