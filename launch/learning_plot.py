@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -100,12 +101,13 @@ def draw_bars(draw, origin: tuple[int, int], tables: dict[str, dict], n: int, fo
 def learning_png(metrics: list[dict], comparison: dict, out: str | Path, note: str = "") -> Path:
     """Write the two-panel figure to `out`; returns its path."""
     font, small = _font(18), _font(13)
-    image = Image.new("RGB", (2 * PANEL_W + 40, PANEL_H + 70), (255, 255, 255))
+    lines = textwrap.wrap(note, 130) if note else []
+    image = Image.new("RGB", (2 * PANEL_W + 40, PANEL_H + 40 + 18 * len(lines)), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     draw_curves(draw, (10, 20), metrics, font, small)
     draw_bars(draw, (PANEL_W + 30, 20), comparison.get("tables", {}), comparison.get("tasks", 0), font, small)
-    if note:
-        draw.text((MARGIN, PANEL_H + 44), note, fill=(60, 60, 60), font=small)
+    for k, line in enumerate(lines):
+        draw.text((MARGIN, PANEL_H + 30 + 18 * k), line, fill=(60, 60, 60), font=small)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if "bootstrap" in comparison:
         from launch.eval_compare import format_bootstrap
 
-        note = format_bootstrap(comparison["bootstrap"])[:150]
+        note = format_bootstrap(comparison["bootstrap"])
     print(f"wrote {learning_png(read_metrics(args.metrics), comparison, args.out, note)}")
     return 0
 
