@@ -126,3 +126,16 @@ def test_difficulty_per_category(tmp_path):
                            difficulty={"computation": 0.0})
     assert {t.difficulty["level"] for t in tasks if t.category == "computation"} == {0.0}
     assert len({t.difficulty["level"] for t in tasks if t.category == "direct"}) == 3  # drawn per task
+
+
+def test_an_episode_of_256_model_tokens_is_trainable():
+    """The rollout record's loss_mask travels as int8 (EpisodeRecord.to_dict): a Python sum of 256 ones
+    wrapped to 0 and the episode was set apart as "no_model_tokens" (seen as an overflow warning in the demo)."""
+    import numpy as np
+
+    from learners.grpo_batch import untrainable_reason
+
+    record = {"token_ids": np.arange(300) % 50, "loss_mask": np.array([0] * 44 + [1] * 256, dtype=np.int8)}
+    assert untrainable_reason(record, vision_ids={999}, max_tokens=4096) is None
+    record["loss_mask"] = np.zeros(300, dtype=np.int8)
+    assert untrainable_reason(record, vision_ids={999}, max_tokens=4096) == "no_model_tokens"
