@@ -25,7 +25,7 @@ def _categories(value: str) -> str:
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in CATEGORIES and not (n == "all" and len(names) == 1)]
     if not names or unknown or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"{value!r}: expected all, or distinct categories from {', '.join(CATEGORIES)}")
+        raise argparse.ArgumentTypeError(f"invalid choice {value!r}: expected all, or distinct categories from {', '.join(CATEGORIES)}")
     return ",".join(names)
 
 
