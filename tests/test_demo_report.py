@@ -139,3 +139,23 @@ def test_an_episode_of_256_model_tokens_is_trainable():
     assert untrainable_reason(record, vision_ids={999}, max_tokens=4096) is None
     record["loss_mask"] = np.zeros(300, dtype=np.int8)
     assert untrainable_reason(record, vision_ids={999}, max_tokens=4096) == "no_model_tokens"
+
+
+def test_the_demo_pipeline_composes_with_its_recipe():
+    """launch.demo's pipeline and prompt compose into the stages docs/training.md describes."""
+    from hydra import compose, initialize_config_dir
+
+    from launch.demo import PIPELINE, PROMPT
+    from launch.train import CONF_DIR, compose_stages, typed
+
+    overrides = [PIPELINE, f"prompt={PROMPT}", "data.math_categories=[]"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+        stages = compose_stages(cfg, overrides)
+        configs = [typed(c, check_paths=False) for c in stages]
+    assert [c.stage.name for c in configs] == ["sft", "sft_math", "grpo"]
+    sft, math, grpo = (c.stage for c in configs)
+    assert (sft.lr, sft.epochs, sft.global_batch, sft.train_rounds) == (2e-3, 6, 8, "last")
+    assert (math.lr, math.train_rounds, math.init_from) == (2e-4, "all", "previous")
+    assert (grpo.trainer, grpo.max_steps, grpo.global_batch, grpo.grpo["group_size"]) == ("grpo", 30, 16, 4)
+    assert all(s.prompt.system.startswith("Solve the question") for s in stages)
