@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--greedy", action="store_true", help="temperature 0 everywhere (ATS off)")
     parser.add_argument("--prefix", default="", help="force the start of the reply (e.g. a <code> block to run)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--prompt", default="thyme", help="conf/prompt/<name>.yaml: the prompt contract the model was trained with")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a conf/rollout setting")
     parser.add_argument("--sandbox", dest="sandbox_overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -68,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     problem = model_dir_problem(args.model, "--model")
     if problem:
         raise SystemExit(problem)
+    from policy.prompts import load_prompt_config
+
+    try:
+        prompt = load_prompt_config(args.prompt)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"--prompt {args.prompt}: {exc}") from None
     overrides = parse_overrides(args.overrides)
     overrides["save_images_dir"] = args.out
     if args.greedy:
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     episode = EpisodeInput(question=args.question, image_paths=args.image, id="chat",
                            assistant_prefix=args.prefix, seed=args.seed)
-    with Sandbox(sandbox_config) as sandbox, AgentLoop(engine, sandbox, config) as loop:
+    with Sandbox(sandbox_config) as sandbox, AgentLoop(engine, sandbox, config, prompt) as loop:
         [record] = loop.run([episode])
     colour = sys.stdout.isatty() and not args.no_colour
     # The sandbox reports its staged copy of an input; the user knows their own file.

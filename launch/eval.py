@@ -27,6 +27,7 @@ from policy.agent_config import load_eval_config, load_rollout_config
 from policy.episode_record import EpisodeRecord
 from rewards.format import check_format
 from rewards.rules import Verdict, check_answer
+from rewards.score import gate
 
 
 def answer_checker():
@@ -40,10 +41,12 @@ def answer_checker():
 def prediction_row(record: EpisodeRecord, task, check) -> dict:
     correct, undecided, reason = check(record.answer, task.answer, task.question)
     well_formed, format_reason = check_format(record.response_text)
+    # The rules-only training reward (rewards.score.gate, no judge): what GRPO maximises, per task.
+    reward = gate(float(correct), 0.0, float(well_formed))
     return {
         "id": task.id, "category": task.category, "question": task.question, "reference": task.answer,
         "answer": record.answer, "correct": bool(correct), "undecided": bool(undecided), "reason": reason,
-        "well_formed": bool(well_formed), "format_reason": format_reason,
+        "well_formed": bool(well_formed), "format_reason": format_reason, "reward": reward,
         "stop_reason": record.stop_reason, "turns": record.turns, "code_blocks": record.code_blocks,
         "code_successes": record.code_successes, "repairs": record.repairs, "timeouts": record.timeouts,
         "model_tokens": record.model_tokens, "error": record.error, "response": record.response_text,
@@ -68,6 +71,7 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
             "code_use_rate": sum(r["code_blocks"] > 0 for r in group) / len(group),
             "code_success_rate": (sum(r["code_successes"] for r in group) / runs) if runs else None,
             "mean_turns": sum(r["turns"] for r in group) / len(group),
+            "mean_reward": sum(r.get("reward", 0.0) for r in group) / len(group),
             "undecided": sum(r["undecided"] for r in group),
             "errors": sum(r["error"] is not None for r in group),
         }
@@ -75,12 +79,12 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
 
 
 def format_table(summary: dict[str, dict]) -> str:
-    head = f"{'category':<14} {'n':>5} {'accuracy':>9} {'format ok':>9} {'code use':>9} {'code ok':>8} {'turns':>6} {'undecided':>9}"
+    head = f"{'category':<14} {'n':>5} {'accuracy':>9} {'format ok':>9} {'code use':>9} {'code ok':>8} {'reward':>7} {'turns':>6} {'undecided':>9}"
     lines = [head, "-" * len(head)]
     for name, s in summary.items():
         ok = "-" if s["code_success_rate"] is None else f"{s['code_success_rate']:.1%}"
         lines.append(f"{name:<14} {s['n']:>5} {s['accuracy']:>9.1%} {s['well_formed_rate']:>9.1%} {s['code_use_rate']:>9.1%} {ok:>8} "
-                     f"{s['mean_turns']:>6.2f} {s['undecided']:>9}")
+                     f"{s.get('mean_reward', 0.0):>7.3f} {s['mean_turns']:>6.2f} {s['undecided']:>9}")
     return "\n".join(lines)
 
 
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N tasks")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--prompt", default="thyme", help="conf/prompt/<name>.yaml: the prompt contract the model was trained with")
     parser.add_argument("--set", dest="eval_overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--rollout", dest="rollout_overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--sandbox", dest="sandbox_overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -118,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"bad --set / --rollout value: {exc}") from None
     sandbox_config = sandbox_settings(args.sandbox_overrides)
+    from policy.prompts import load_prompt_config
+
+    try:
+        prompt = load_prompt_config(args.prompt)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"--prompt {args.prompt}: {exc}") from None
     problem = task_dir_problem(args.tasks) or model_dir_problem(args.model, "--model")
     if problem:
         raise SystemExit(problem)
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                             "rollout": asdict(rollout_cfg)}, cfg.wandb_samples)
     samples = pick_samples([{"id": t.id, "category": t.category} for t in tasks], cfg.wandb_samples)
     rows, stats = [], defaultdict(float)
-    with Sandbox(sandbox_config) as sandbox, AgentLoop(engine, sandbox, rollout_cfg) as loop, \
+    with Sandbox(sandbox_config) as sandbox, AgentLoop(engine, sandbox, rollout_cfg, prompt) as loop, \
             tqdm(total=len(tasks), desc="eval", unit="task") as bar, \
             open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as predictions:
         for start in range(0, len(tasks), cfg.batch_size):
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     wandb_log.finish(summary)
     report = {"model": str(args.model), "tasks": str(args.tasks), "checker": checker_name,
-              "decoding": "greedy (temperature 0, ATS off)", "categories": summary, "timing_s": dict(stats),
+              "decoding": "greedy (temperature 0, ATS off)", "prompt": args.prompt, "categories": summary, "timing_s": dict(stats),
               "eval_config": asdict(cfg)}
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2))
     print(format_table(summary))

@@ -37,7 +37,7 @@ def untrainable_reason(record: dict, vision_ids: set[int], max_tokens: int) -> s
     ids = record["token_ids"]
     if record.get("sandbox_failed") or any(run.get("sandbox_failed") for run in record.get("code_runs", [])):
         return "sandbox_failed"
-    if int(sum(mask)) == 0:
+    if not any(int(m) for m in mask):  # not sum(): the serialised mask is int8 and 256 model tokens sum to 0
         return "no_model_tokens"
     if any(m and int(t) in vision_ids for t, m in zip(ids, mask)):
         return "image_placeholders"

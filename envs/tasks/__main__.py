@@ -20,20 +20,52 @@ from envs.tasks.schema import CATEGORIES
 log = logging.getLogger("envs.tasks")
 
 
+def _categories(value: str) -> str:
+    """`all`, one category, or a comma-separated list of distinct categories (as given, validated)."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in CATEGORIES and not (n == "all" and len(names) == 1)]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"invalid choice {value!r}: expected all, or distinct categories from {', '.join(CATEGORIES)}")
+    return ",".join(names)
+
+
+def _difficulty(value: str) -> float | dict[str, float]:
+    """A level in [0, 1], or CATEGORY=LEVEL pairs separated by commas."""
+    def level(text: str) -> float:
+        number = float(text)
+        if not 0.0 <= number <= 1.0:
+            raise ValueError
+        return number
+    try:
+        if "=" not in value:
+            return level(value)
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        levels = {name.strip(): level(number) for name, number in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a level in [0, 1] or CATEGORY=LEVEL,...") from None
+    unknown = sorted(set(levels) - set(CATEGORIES))
+    if unknown or not levels:
+        raise argparse.ArgumentTypeError(f"{value!r}: unknown categories {unknown}; expected some of {', '.join(CATEGORIES)}")
+    return levels
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m envs.tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate a task set (and optionally expert SFT trajectories)")
-    gen.add_argument("--category", default="all", choices=["all", *CATEGORIES])
+    gen.add_argument("--category", default="all", type=_categories,
+                     help=f"all, one of {', '.join(CATEGORIES)}, or a comma-separated list (round-robin)")
     gen.add_argument("--n", type=int, required=True, help="number of tasks (spread over categories for 'all')")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--split", default="train", choices=["train", "eval"])
     gen.add_argument("--out", required=True, help="output folder")
-    gen.add_argument("--difficulty", type=float, default=None,
-                     help="fixed difficulty in [0, 1] for every task (default: drawn per task)")
+    gen.add_argument("--difficulty", type=_difficulty, default=None,
+                     help="fixed difficulty in [0, 1] for every task, or per category (computation=0,rotation=0.3; "
+                          "the others drawn); default: drawn per task")
     gen.add_argument("--trajectories", action="store_true", help="also write expert SFT trajectories (needs the sandbox)")
     gen.add_argument("--sft-format", default="jsonl", choices=["jsonl", "parquet"], help="file format of the SFT rows")
+    gen.add_argument("--prompt", default="thyme", help="conf/prompt/<name>.yaml the SFT and RL rows are written with")
     gen.add_argument("--workers", type=int, default=1, help="processes for drawing, threads for sandbox episodes")
     gen.add_argument("--config", default=None, help="YAML file shaped like envs.tasks.config.TaskGenConfig")
     gen.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -56,8 +88,6 @@ def _generate(args) -> int:
 
     if args.n <= 0:
         raise SystemExit("--n must be positive")
-    if args.difficulty is not None and not 0.0 <= args.difficulty <= 1.0:
-        raise SystemExit(f"--difficulty must be in [0, 1], got {args.difficulty}")
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
     try:
@@ -65,7 +95,10 @@ def _generate(args) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(str(exc))
     out = Path(args.out)
-    prompt = load_prompt_texts()
+    try:
+        prompt = load_prompt_texts(args.prompt)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"--prompt {args.prompt}: {exc}")
     tasks = generate_tasks(args.category, args.n, seed=args.seed, split=args.split, out_dir=out,
                            difficulty=args.difficulty, config=config, workers=args.workers)
     write_rl_rows([rl_row(t, prompt) for t in tasks], out / "rl.jsonl")

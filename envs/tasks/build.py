@@ -15,11 +15,14 @@ IMAGE_DIR, REFERENCE_DIR = "images", "references"
 
 
 def generate_task(category: str, index: int, *, seed: int, split: str, out_dir: str | Path,
-                  difficulty: float | None = None, config: TaskGenConfig | None = None) -> Task:
+                  difficulty: float | dict | None = None, config: TaskGenConfig | None = None) -> Task:
     """Task number `index` of `category`: the same arguments always give the same pixels and text.
 
-    difficulty=None draws one per task uniformly from [0, 1) (a mixed-difficulty set).
+    difficulty=None draws one per task uniformly from [0, 1) (a mixed-difficulty set); a dict
+    {category: level} fixes it for the categories it names and draws it for the others.
     """
+    if isinstance(difficulty, dict):
+        difficulty = difficulty.get(category)
     if category not in GENERATORS:
         raise ValueError(f"unknown category {category!r}; expected one of {sorted(GENERATORS)} or 'all'")
     config = config or TaskGenConfig()
@@ -48,12 +51,14 @@ def generate_task(category: str, index: int, *, seed: int, split: str, out_dir: 
 
 
 def plan(category: str, n: int) -> list[tuple[str, int]]:
-    """(category, index) pairs for `n` tasks; 'all' spreads them round-robin over the categories."""
-    if category == "all":
-        return [(CATEGORIES[i % len(CATEGORIES)], i // len(CATEGORIES)) for i in range(n)]
-    if category not in CATEGORIES:
-        raise ValueError(f"unknown category {category!r}; expected one of {list(CATEGORIES)} or 'all'")
-    return [(category, i) for i in range(n)]
+    """(category, index) pairs for `n` tasks; 'all' spreads them round-robin over the categories, a
+    comma-separated list ("direct,rotation") round-robin over those (task k of a category is the same
+    task whichever list it is drawn in: same seed, same pixels)."""
+    names = list(CATEGORIES) if category == "all" else [c.strip() for c in category.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CATEGORIES]
+    if unknown or not names:
+        raise ValueError(f"unknown category {category!r}; expected one of {list(CATEGORIES)}, 'all' or a comma-separated list")
+    return [(names[i % len(names)], i // len(names)) for i in range(n)]
 
 
 def _generate_job(job: tuple) -> Task:
@@ -62,7 +67,7 @@ def _generate_job(job: tuple) -> Task:
 
 
 def generate_tasks(category: str, n: int, *, seed: int, split: str, out_dir: str | Path,
-                   difficulty: float | None = None, config: TaskGenConfig | None = None,
+                   difficulty: float | dict | None = None, config: TaskGenConfig | None = None,
                    progress: bool = True, workers: int = 1) -> list[Task]:
     """Generate `n` tasks into OUT_DIR and write OUT_DIR/tasks.jsonl (replacing an existing manifest).
 
