@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
              f"data.sft_path={data / 'sft' / 'sft.jsonl'}", "data.math_categories=[]",
              f"data.math_path={data / 'math' / 'sft.jsonl'}", f"data.rl_path={data / 'rl' / 'rl.jsonl'}",
              "checkpoint.resume=false", *args.train], "train (SFT, SFT math, GRPO)")
-    models = {"random": str(tiny), "sft": stage_models(train_out)["sft_math"], "grpo": stage_models(train_out)["grpo"]}
+    stages = stage_models(train_out)
+    models = {"random": str(tiny), "sft": stages["sft_math"], "grpo": stages["grpo"]}
 
     banner("4/6 eval", "greedy agent loop on the same held-out tasks: the random, the SFT and the GRPO model")
     for name, model in models.items():

@@ -16,6 +16,8 @@ import random
 import sys
 from pathlib import Path
 
+from launch.eval import summarise
+
 METRICS = ("accuracy", "format ok", "code use", "code ran", "reward", "turns")
 
 
@@ -27,29 +29,13 @@ def load_predictions(folder: str | Path) -> dict[str, dict]:
 
 
 def category_table(rows: list[dict]) -> dict[str, dict]:
-    """Per category and "all": n, accuracy, format-ok share, code-use share, share of code blocks that
-    ran (None without code), mean reward, mean turns."""
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["category"], []).append(row)
-    groups = {name: groups[name] for name in sorted(groups)}
-    groups["all"] = list(rows)
-    table = {}
-    for name, group in groups.items():
-        if not group:
-            continue
-        n, blocks = len(group), sum(r["code_blocks"] for r in group)
-        table[name] = {
-            "n": n,
-            "accuracy": sum(bool(r["correct"]) for r in group) / n,
-            "format ok": sum(bool(r["well_formed"]) for r in group) / n,
-            "code use": sum(r["code_blocks"] > 0 for r in group) / n,
-            "code ran": sum(r["code_successes"] for r in group) / blocks if blocks else None,
-            "code blocks": blocks,
-            "reward": sum(float(r["reward"]) for r in group) / n,
-            "turns": sum(r["turns"] for r in group) / n,
-        }
-    return table
+    """launch.eval's per-category summary (categories, then "all") under the report's column names:
+    n, accuracy, format-ok share, code-use share, share of code blocks that ran (None without code),
+    mean reward, mean turns."""
+    return {name: {"n": s["n"], "accuracy": s["accuracy"], "format ok": s["well_formed_rate"],
+                   "code use": s["code_use_rate"], "code ran": s["code_success_rate"], "reward": s["mean_reward"],
+                   "turns": s["mean_turns"]}
+            for name, s in summarise(rows).items()}
 
 
 def format_category_table(title: str, table: dict[str, dict]) -> str:

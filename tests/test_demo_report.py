@@ -13,7 +13,7 @@ from launch.eval_compare import category_table, compare, format_bootstrap, main 
 
 def _row(task_id: str, category: str, correct: bool, well_formed: bool, blocks: int = 1, ran: int = 1) -> dict:
     return {"id": task_id, "category": category, "correct": correct, "well_formed": well_formed,
-            "code_blocks": blocks, "code_successes": ran, "turns": 1 + blocks,
+            "code_blocks": blocks, "code_successes": ran, "turns": 1 + blocks, "undecided": False, "error": None,
             "reward": float(correct) + 0.5 * float(well_formed)}
 
 
