@@ -33,6 +33,10 @@ PROMPT = "demo"
 # is a fixed idiom plus a number or two, computation kept easy (few values to transcribe).
 CATEGORIES = "direct,rotation,low_contrast,computation"
 DIFFICULTY = "computation=0,rotation=0"
+# Generator settings (envs/tasks/config.py): no literal training paths in code (a string the model can
+# only recite); colour, count and shape questions answered by measuring with code (the tiny model's
+# vision tower does not learn to see colours or shapes in a demo's time; a sandbox measurement it can read).
+TASK_SETTINGS = ("literal_path_share=0", "direct.measure_share=1")
 # Four task sets, four seeds: the held-out tasks are never trained on.
 SEEDS = {"sft": 11, "math": 12, "rl": 21, "eval": 999}
 PIPELINE = "pipeline=[sft_demo,sft_math_demo,grpo_demo]"
@@ -110,7 +114,7 @@ def generate(out: Path, n: int, seed: int, split: str, trajectories: bool, label
         return
     run(["-m", "envs.tasks", "generate", "--category", categories, "--difficulty", DIFFICULTY, "--n", str(n),
          "--seed", str(seed), "--split", split, "--out", str(out), "--prompt", PROMPT, "--workers", "2",
-         "--set", "literal_path_share=0"] + (["--trajectories"] if trajectories else []), label)
+         "--set", *TASK_SETTINGS] + (["--trajectories"] if trajectories else []), label)
 
 
 def stage_models(train_out: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 fresh sandbox to the same outputs, images and answer, and the filters really drop bad trajectories."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -140,3 +141,57 @@ def test_literal_path_share_decides_how_the_code_finds_the_image(generated, sand
     assert (f'image_path = "{task.image_paths[0]}"' in result.row.response) == (share == 1.0)
     # a plain output name: nothing in it the model would have to invent
     assert '"/mnt/data/temp_processed_images/enhanced.png"' in result.row.response
+
+
+@pytest.fixture(scope="module")
+def direct_tasks(tmp_path_factory):
+    from envs.tasks.build import generate_tasks
+    from envs.tasks.config import load_config
+
+    out = tmp_path_factory.mktemp("direct-set")
+    config = load_config(overrides=["direct.kinds=[colour,count,shape]"])
+    return generate_tasks("direct", 12, seed=5, split="train", out_dir=out, difficulty=1.0, config=config)
+
+
+def test_measuring_expert_reads_colour_count_and_shape_from_the_sandbox(direct_tasks, sandbox, tmp_path):
+    from envs.tasks.config import load_config
+
+    config = load_config(overrides=["direct.measure_share=1"])
+    prompt = load_prompt_texts()
+    kinds = set()
+    for task in direct_tasks:
+        result = run_expert(task, sandbox, produced_dir=tmp_path, prompt=prompt, config=config)
+        assert result.row is not None, result.reason
+        kind = task.meta["kind"]
+        kinds.add(kind)
+        assert result.style == f"measure-{kind}"
+        response = result.row.response
+        assert len(code_blocks(response)) == 1 and extract_answer(response) == task.answer
+        printed = response.split("<sandbox_output>")[1].split("</sandbox_output>")[0].strip()
+        assert f"The code printed {printed}, so the answer is {task.answer}." in response
+        if kind == "count":
+            assert printed == task.answer  # the connected regions are the shapes drawn
+    assert kinds == {"colour", "count", "shape"}
+    # replays to the same output and answer in a fresh episode
+    assert replay_row(result.row, sandbox) == []
+
+
+def test_measuring_is_off_by_default_and_a_wrong_reading_is_dropped(direct_tasks, sandbox, tmp_path):
+    from envs.tasks.config import load_config
+    from envs.tasks.experts.direct import colour_name
+
+    prompt = load_prompt_texts()
+    plain = run_expert(direct_tasks[0], sandbox, produced_dir=tmp_path, prompt=prompt)
+    assert plain.style == "direct" and not code_blocks(plain.row.response)
+    assert colour_name("(220, 30, 30)") == "red" and colour_name("(250, 210, 40)") == "yellow"
+    assert colour_name("no pixel") == "" and colour_name("(1, 2)") == ""
+    colour_task = next(t for t in direct_tasks if t.meta["kind"] == "colour")
+    wrong = next(c for c in ("red", "blue") if c != colour_task.answer)
+    colour_task = dataclasses.replace(colour_task, answer=wrong)
+    result = run_expert(colour_task, sandbox, produced_dir=tmp_path, prompt=prompt,
+                        config=load_config(overrides=["direct.measure_share=1"]))
+    assert result.row is None and result.dropped_by == "answer", result.reason
+    with pytest.raises(ValueError, match="measure_share"):
+        load_config(overrides=["direct.measure_share=1.5"])
+    with pytest.raises(ValueError, match="direct.kinds"):
+        load_config(overrides=["direct.kinds=[colour,smell]"])

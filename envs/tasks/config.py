@@ -73,12 +73,21 @@ class MultiRoundConfig:
     jpeg_quality: int = 92
 
 
+DIRECT_KINDS = ("colour", "count", "word", "shape")
+
+
 @dataclass
 class DirectConfig:
     canvas_min: int = 384
     canvas_max: int = 768
     objects_easy: int = 1
     objects_hard: int = 5
+    # Question kinds drawn from (uniformly). Reading a word needs OCR; colour, shape and count can be
+    # learnt from the image by a very small vision tower (the demo keeps only those three).
+    kinds: list[str] = field(default_factory=lambda: list(DIRECT_KINDS))
+    # Share of colour, count and shape questions whose expert measures the answer with code (centre
+    # pixel, connected regions, fill ratio) instead of answering at a glance (experts/direct.py).
+    measure_share: float = 0.0
 
 
 @dataclass
@@ -131,6 +140,11 @@ def validate(config: TaskGenConfig) -> TaskGenConfig:
         problems.append("rotation needs 0 < arbitrary_angle_min < arbitrary_angle_max < 360")
     if not 1 <= config.computation.items_easy <= config.computation.items_hard <= len(_ITEM_NAMES_LIMIT):
         problems.append(f"computation items must satisfy 1 <= items_easy <= items_hard <= {len(_ITEM_NAMES_LIMIT)}")
+    kinds = config.direct.kinds
+    if not kinds or set(kinds) - set(DIRECT_KINDS) or len(set(kinds)) != len(kinds):
+        problems.append(f"direct.kinds must be distinct names from {list(DIRECT_KINDS)}, got {list(kinds)}")
+    if not 0 <= config.direct.measure_share <= 1:
+        problems.append(f"direct.measure_share must be in [0, 1], got {config.direct.measure_share}")
     if not 0 <= config.literal_path_share <= 1:
         problems.append(f"literal_path_share must be in [0, 1], got {config.literal_path_share}")
     if config.model_input_pixels <= 0 or config.illegible_font_px <= 0 or config.legible_font_px <= config.illegible_font_px:

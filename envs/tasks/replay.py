@@ -13,6 +13,7 @@ from envs.data.image_codec import image_bytes
 from envs.data.sft_rows import SftRow
 from envs.protocol import SANDBOX_CLOSE, SANDBOX_OPEN, code_blocks, extract_answer
 from envs.tasks.answer_match import answers_match, last_line
+from envs.tasks.experts.direct import read_measurement
 from envs.tasks.trajectories import pixels_equal, render_round
 
 _SANDBOX_BODY = re.compile(re.escape(SANDBOX_OPEN) + r"(.*?)" + re.escape(SANDBOX_CLOSE), re.DOTALL)
@@ -62,7 +63,12 @@ def replay_row(row: SftRow, sandbox) -> list[str]:
         if next_image != len(produced_images):
             problems.append(f"replay produced {next_image} images, the row holds {len(produced_images)}")
     if "<image>" not in recorded[-1]:
-        # A text result is what the final answer was read from: it must still give the same answer.
-        if not answers_match(last_line(last_stdout), answer):
+        # A text result is what the final answer was read from: it must still give the same answer
+        # (a measurement, style "measure-<kind>", through the reading its expert applies).
+        style = str(row.meta.get("style", ""))
+        given = last_line(last_stdout)
+        if style.startswith("measure-"):
+            given = read_measurement(style.removeprefix("measure-"), given)
+        if not answers_match(given, answer):
             problems.append(f"replayed output {last_line(last_stdout)!r} does not give the answer {answer!r}")
     return problems

@@ -106,7 +106,7 @@ def run_expert(task: Task, sandbox, *, produced_dir: str | Path, prompt: PromptT
     """
     config = config or TaskGenConfig()
     ctx = ExpertContext(task=task, rng=expert_rng(task), legible_font_px=config.legible_font_px,
-                        literal_path_share=config.literal_path_share)
+                        literal_path_share=config.literal_path_share, measure_share=config.direct.measure_share)
     plan = (planner or PLANNERS[task.category])(ctx)
     result = TrajectoryResult(task_id=task.id, style=plan.style)
     parts: list[str] = [plan.opening] if plan.opening else []

@@ -56,6 +56,7 @@ class ExpertContext:
     rng: np.random.Generator
     legible_font_px: float
     literal_path_share: float = 0.25
+    measure_share: float = 0.0          # direct questions answered by measuring with code (direct.py)
 
     @property
     def task_dir(self) -> Path:

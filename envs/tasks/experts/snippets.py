@@ -125,3 +125,40 @@ def contrast_numpy(factor: float, out: str, *, load: str = "") -> str:
         "Image.fromarray(stretched).save(processed_path)",
         "print(processed_path)",
     ] if line)
+
+
+# ---- measuring instead of looking (direct questions, envs.tasks config direct.measure_share) ----------
+# Everything that differs from the background (the corner pixel) by more than this sum of channel
+# differences is part of a shape; the shapes are saturated colours on a near-white background.
+SHAPE_MASK = "mask = (np.abs(img.astype(int) - img[0, 0].astype(int)).sum(axis=2) > 60).astype(np.uint8)"
+
+
+def centre_colour(*, load: str = "") -> str:
+    return "\n".join(line for line in [
+        load.rstrip("\n"),
+        "img = Image.open(image_path).convert('RGB')",
+        "# the circle sits in the middle: read the pixel there",
+        "print(img.getpixel((img.width // 2, img.height // 2)))",
+    ] if line)
+
+
+def count_blobs(*, load: str = "") -> str:
+    return "\n".join(line for line in [
+        load.rstrip("\n"),
+        "img = cv2.imread(image_path)",
+        SHAPE_MASK,
+        "n, _ = cv2.connectedComponents(mask)",
+        "print(n - 1)  # component 0 is the background",
+    ] if line)
+
+
+def fill_ratio(*, load: str = "") -> str:
+    return "\n".join(line for line in [
+        load.rstrip("\n"),
+        "img = cv2.imread(image_path)",
+        SHAPE_MASK,
+        "ys, xs = np.nonzero(mask)",
+        "box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)",
+        "# share of its bounding box the shape fills: square 1.0, circle 0.8, triangle 0.5",
+        "print(round(mask.sum() / box, 1))",
+    ] if line)

@@ -16,7 +16,7 @@ def make(rng: np.random.Generator, difficulty: float, config: TaskGenConfig) -> 
     side = int(rng.integers(cfg.canvas_min, cfg.canvas_max + 1))
     image = Image.new("RGB", (side, side), (245, 245, 240))
     draw = ImageDraw.Draw(image)
-    kind = pick(rng, ("colour", "count", "word", "shape"))
+    kind = pick(rng, tuple(cfg.kinds))
     n = int(rng.integers(cfg.objects_easy, int(lerp(cfg.objects_easy, cfg.objects_hard, difficulty)) + 1))
     cell = side // 3
     slots = [int(s) for s in rng.permutation(9)]
