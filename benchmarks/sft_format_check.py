@@ -37,12 +37,12 @@ def main() -> None:
     parser.add_argument("--work-dir", default=str(REPO / ".cache" / "sft_format_check"))
     args = parser.parse_args()
 
-    from launch.demo import CATEGORIES, DIFFICULTY, PROMPT, SEEDS
+    from launch.demo import CATEGORIES, DIFFICULTY, PROMPT, SEEDS, TASK_SETTINGS
 
     work = Path(args.work_dir).resolve()
     train, math, held_out, run = work / "train_tasks", work / "math_tasks", work / "eval_tasks", work / "run"
     python = sys.executable
-    common = ["--difficulty", DIFFICULTY, "--prompt", PROMPT, "--set", "literal_path_share=0", "--workers", "2"]
+    common = ["--difficulty", DIFFICULTY, "--prompt", PROMPT, "--set", *TASK_SETTINGS, "--workers", "2"]
     steps = [
         ([python, "-m", "envs.tasks", "generate", "--category", CATEGORIES, "--n", str(args.train_tasks), "--seed",
           str(SEEDS["sft"]), "--split", "train", "--out", str(train), "--trajectories", *common], train / "sft.jsonl"),

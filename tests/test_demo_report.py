@@ -157,5 +157,14 @@ def test_the_demo_pipeline_composes_with_its_recipe():
     sft, math, grpo = (c.stage for c in configs)
     assert (sft.lr, sft.epochs, sft.global_batch, sft.train_rounds) == (2e-3, 6, 8, "last")
     assert (math.lr, math.train_rounds, math.init_from) == (2e-4, "all", "previous")
-    assert (grpo.trainer, grpo.max_steps, grpo.global_batch, grpo.grpo["group_size"]) == ("grpo", 30, 16, 4)
+    assert (grpo.trainer, grpo.max_steps, grpo.global_batch, grpo.grpo["group_size"]) == ("grpo", 40, 16, 4)
     assert all(s.prompt.system.startswith("Solve the question") for s in stages)
+
+
+def test_the_demo_task_settings_are_a_valid_generator_config():
+    from envs.tasks.config import load_config
+    from launch.demo import TASK_SETTINGS
+
+    config = load_config(overrides=list(TASK_SETTINGS))
+    assert config.direct.kinds == ["colour", "count", "shape"] and config.direct.measure_share == 1.0
+    assert config.literal_path_share == 0

@@ -169,8 +169,7 @@ def test_measuring_expert_reads_colour_count_and_shape_from_the_sandbox(direct_t
         assert len(code_blocks(response)) == 1 and extract_answer(response) == task.answer
         printed = response.split("<sandbox_output>")[1].split("</sandbox_output>")[0].strip()
         assert f"The code printed {printed}, so the answer is {task.answer}." in response
-        if kind == "count":
-            assert printed == task.answer  # the connected regions are the shapes drawn
+        assert printed == task.answer  # the code prints the answer: the model copies it
     assert kinds == {"colour", "count", "shape"}
     # replays to the same output and answer in a fresh episode
     assert replay_row(result.row, sandbox) == []
@@ -178,13 +177,14 @@ def test_measuring_expert_reads_colour_count_and_shape_from_the_sandbox(direct_t
 
 def test_measuring_is_off_by_default_and_a_wrong_reading_is_dropped(direct_tasks, sandbox, tmp_path):
     from envs.tasks.config import load_config
-    from envs.tasks.experts.direct import colour_name
+    from envs.tasks.experts.direct import read_measurement
 
     prompt = load_prompt_texts()
     plain = run_expert(direct_tasks[0], sandbox, produced_dir=tmp_path, prompt=prompt)
     assert plain.style == "direct" and not code_blocks(plain.row.response)
-    assert colour_name("(220, 30, 30)") == "red" and colour_name("(250, 210, 40)") == "yellow"
-    assert colour_name("no pixel") == "" and colour_name("(1, 2)") == ""
+    assert read_measurement("colour", "red") == "red" and read_measurement("colour", "(220, 30, 30)") == ""
+    assert read_measurement("shape", "circle") == "circle" and read_measurement("count", "3") == "3"
+    assert read_measurement("count", "three") == "" and read_measurement("shape", "red") == ""
     colour_task = next(t for t in direct_tasks if t.meta["kind"] == "colour")
     wrong = next(c for c in ("red", "blue") if c != colour_task.answer)
     colour_task = dataclasses.replace(colour_task, answer=wrong)

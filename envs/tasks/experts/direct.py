@@ -4,13 +4,14 @@ lines of code and read it from the sandbox's output, as a model that cannot see 
 from __future__ import annotations
 
 from envs.tasks.answer_match import last_line
-from envs.tasks.drawing import COLOURS
+from envs.tasks.drawing import COLOURS, TAG_COLOURS
 from envs.tasks.experts.plan import ExpertContext, Plan, RoundOutput, Step
 from envs.tasks.experts.snippets import centre_colour, count_blobs, fill_ratio
 
 MEASURED_KINDS = ("colour", "count", "shape")
-# What a fill ratio (rounded to one decimal, as the code prints it) means.
-SHAPE_OF_RATIO = {"1.0": "square", "0.8": "circle", "0.5": "triangle"}
+# The colours a circle can have (generators/direct.py), as the measuring code names them.
+PALETTE = {name: COLOURS[name] for name in TAG_COLOURS}
+SHAPES = ("circle", "square", "triangle")
 
 
 def plan(ctx: ExpertContext) -> Plan:
@@ -28,33 +29,23 @@ def plan(ctx: ExpertContext) -> Plan:
     return Plan(style="direct", steps=[], finish=lambda outputs: ("", task.answer), opening=opening)
 
 
-def colour_name(printed: str) -> str:
-    """The palette colour a printed pixel `(r, g, b)` is (nearest in RGB), or "" when it is not a pixel."""
-    try:
-        pixel = tuple(int(v) for v in printed.strip("()[] ").split(","))
-    except ValueError:
-        return ""
-    if len(pixel) != 3:
-        return ""
-    return min(COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(COLOURS[name], pixel)))
-
-
 def read_measurement(kind: str, printed: str) -> str:
-    """The answer a measurement's printed last line gives ("" when it gives none)."""
+    """The answer a measurement's printed last line gives ("" when it is not one). The code prints the
+    answer itself (a colour, a shape name, a number): what is left to the model is to copy it."""
     if kind == "colour":
-        return colour_name(printed)
+        return printed if printed in PALETTE else ""
     if kind == "shape":
-        return SHAPE_OF_RATIO.get(printed, "")
+        return printed if printed in SHAPES else ""
     return printed if printed.isdigit() else ""
 
 
 def _measure(ctx: ExpertContext) -> Plan:
     kind, load = ctx.task.meta["kind"], ctx.load_line()
     thought, code = {
-        "colour": ("I'll read the colour of the pixel at the centre of the image, where the circle is.",
-                   centre_colour(load=load)),
+        "colour": ("I'll read the colour of the pixel at the centre of the image, where the circle is, and name it.",
+                   centre_colour(PALETTE, load=load)),
         "count": ("I'll count the shapes as connected regions that differ from the background.", count_blobs(load=load)),
-        "shape": ("I'll measure how much of its bounding box the shape fills.", fill_ratio(load=load)),
+        "shape": ("I'll name the shape from how much of its bounding box it fills.", fill_ratio(load=load)),
     }[kind]
 
     def read(printed: str) -> str:

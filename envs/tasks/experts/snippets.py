@@ -133,12 +133,15 @@ def contrast_numpy(factor: float, out: str, *, load: str = "") -> str:
 SHAPE_MASK = "mask = (np.abs(img.astype(int) - img[0, 0].astype(int)).sum(axis=2) > 60).astype(np.uint8)"
 
 
-def centre_colour(*, load: str = "") -> str:
+def centre_colour(palette: dict[str, tuple[int, int, int]], *, load: str = "") -> str:
+    """Read the centre pixel and print the nearest named colour (so the answer is a word to copy)."""
     return "\n".join(line for line in [
         load.rstrip("\n"),
         "img = Image.open(image_path).convert('RGB')",
-        "# the circle sits in the middle: read the pixel there",
-        "print(img.getpixel((img.width // 2, img.height // 2)))",
+        "# the circle sits in the middle: read the pixel there and name the nearest colour",
+        "pixel = img.getpixel((img.width // 2, img.height // 2))",
+        f"palette = {palette}",
+        "print(min(palette, key=lambda name: sum((a - b) ** 2 for a, b in zip(palette[name], pixel))))",
     ] if line)
 
 
@@ -153,12 +156,12 @@ def count_blobs(*, load: str = "") -> str:
 
 
 def fill_ratio(*, load: str = "") -> str:
+    """Name the shape from the share of its bounding box it fills: square 1.0, circle 0.79, triangle 0.5."""
     return "\n".join(line for line in [
         load.rstrip("\n"),
         "img = cv2.imread(image_path)",
         SHAPE_MASK,
         "ys, xs = np.nonzero(mask)",
-        "box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)",
-        "# share of its bounding box the shape fills: square 1.0, circle 0.8, triangle 0.5",
-        "print(round(mask.sum() / box, 1))",
+        "fill = mask.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))",
+        'print("square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle")',
     ] if line)
