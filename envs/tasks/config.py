@@ -82,8 +82,8 @@ class DirectConfig:
     canvas_max: int = 768
     objects_easy: int = 1
     objects_hard: int = 5
-    # Question kinds drawn from (uniformly). Reading a word needs OCR; colour, shape and count can be
-    # learnt from the image by a very small vision tower (the demo keeps only those three).
+    # Question kinds drawn from (uniformly). Reading a word needs OCR; colour, count and shape can also
+    # be measured with a few lines of code (measure_share), which is what the demo keeps.
     kinds: list[str] = field(default_factory=lambda: list(DIRECT_KINDS))
     # Share of colour, count and shape questions whose expert measures the answer with code (centre
     # pixel, connected regions, fill ratio) instead of answering at a glance (experts/direct.py).

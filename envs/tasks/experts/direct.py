@@ -7,11 +7,11 @@ from envs.tasks.answer_match import last_line
 from envs.tasks.drawing import COLOURS, TAG_COLOURS
 from envs.tasks.experts.plan import ExpertContext, Plan, RoundOutput, Step
 from envs.tasks.experts.snippets import centre_colour, count_blobs, fill_ratio
+from envs.tasks.generators.direct import SHAPES
 
 MEASURED_KINDS = ("colour", "count", "shape")
 # The colours a circle can have (generators/direct.py), as the measuring code names them.
 PALETTE = {name: COLOURS[name] for name in TAG_COLOURS}
-SHAPES = ("circle", "square", "triangle")
 
 
 def plan(ctx: ExpertContext) -> Plan:

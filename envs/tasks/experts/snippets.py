@@ -145,11 +145,13 @@ def centre_colour(palette: dict[str, tuple[int, int, int]], *, load: str = "") -
     ] if line)
 
 
+def _shape_mask(load: str) -> list[str]:
+    return [load.rstrip("\n"), "img = cv2.imread(image_path)", SHAPE_MASK]
+
+
 def count_blobs(*, load: str = "") -> str:
     return "\n".join(line for line in [
-        load.rstrip("\n"),
-        "img = cv2.imread(image_path)",
-        SHAPE_MASK,
+        *_shape_mask(load),
         "n, _ = cv2.connectedComponents(mask)",
         "print(n - 1)  # component 0 is the background",
     ] if line)
@@ -158,9 +160,7 @@ def count_blobs(*, load: str = "") -> str:
 def fill_ratio(*, load: str = "") -> str:
     """Name the shape from the share of its bounding box it fills: square 1.0, circle 0.79, triangle 0.5."""
     return "\n".join(line for line in [
-        load.rstrip("\n"),
-        "img = cv2.imread(image_path)",
-        SHAPE_MASK,
+        *_shape_mask(load),
         "ys, xs = np.nonzero(mask)",
         "fill = mask.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))",
         'print("square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle")',
