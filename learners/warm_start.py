@@ -19,10 +19,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from envs.protocol import SANDBOX_CLOSE, SANDBOX_OPEN
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
 QUESTION = "What color is the image?"
 CODE_REPLY = "<code>\n```python\nprint(2 + 3)\n```\n</code>"
-RECIPE = {"sequences": 48, "steps": 120, "lr": 3e-3, "batch": 8, "seed": 0, "version": 6}
+CODE_OUTPUT = "5\n"  # what the sandbox prints for CODE_REPLY (stdout, as the agent loop shows it)
+RECIPE = {"sequences": 54, "steps": 120, "lr": 3e-3, "batch": 8, "seed": 0, "version": 7}
 
 
 def colour_images(folder: str | Path, size: tuple[int, int] = (112, 84)) -> dict[str, str]:
@@ -44,24 +47,32 @@ TEST_PROMPT = {"system": "Write Python in <code></code>; its output comes back i
                "user_template": "{question} Image {image_path}, {width}x{height}. Reply <think> then <answer>."}
 
 
-def _sequences(processor, images: dict[str, str], n: int, rng: random.Random, prompt) -> list[tuple[list[int], int, str]]:
-    """(ids, reply start, image path) triples: the agent loop's prompt for a colour image, then a reply
-    that names a colour or is a code block. Balanced: every image is paired with every colour and with
-    the code block equally often (then shuffled), so the policy's answer is ~1/3 right whatever the
-    image and the floats of the machine that trained it -- GRPO groups get rewards that differ."""
-    kinds = [(path, reply) for path in images.values() for reply in [*sorted(COLOURS), None]]
+def _sequences(processor, images: dict[str, str], n: int, rng: random.Random, prompt) -> list[tuple[list[int], list[int], str]]:
+    """(ids, trained flags, image path) triples: the agent loop's prompt for a colour image, then a reply
+    that names a colour, either at once or after a code block and the sandbox's reply to it (whose
+    tokens are not trained: the sandbox wrote them). Balanced: every image is paired with every colour,
+    with and without the code block, equally often (then shuffled), so the policy's answer is ~1/3 right
+    whatever the image and the floats of the machine that trained it, on direct and on code-first
+    prompts alike -- GRPO groups of both kinds get rewards that differ."""
+    kinds = [(path, colour, code) for path in images.values() for colour in sorted(COLOURS) for code in (False, True)]
     plan = [kinds[i % len(kinds)] for i in range(n)]
     rng.shuffle(plan)
     encode = lambda text: processor.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    # The sandbox's reply as the agent loop appends it (plain text, special tokens split).
+    sandbox = processor.tokenizer.encode(f"{SANDBOX_OPEN}{CODE_OUTPUT}{SANDBOX_CLOSE}", add_special_tokens=False,
+                                         split_special_tokens=True)
     out = []
-    for path, colour in plan:
+    for path, colour, code in plan:
         image = Image.open(path).convert("RGB")
         user = prompt.user_text(QUESTION, path, image.width, image.height)
         ids = processor.chat_prompt_ids(prompt.system, user, [image])
+        trained = [0] * len(ids)
+        if code:
+            ids, trained = ids + encode(CODE_REPLY) + sandbox, trained + [1] * len(encode(CODE_REPLY)) + [0] * len(sandbox)
         # `<answer>` tokenised on its own, as the agent loop tokenises a forced `<answer>` prefix: the
         # colour then follows the same tokens in training and in rollouts.
-        reply = encode(CODE_REPLY) if colour is None else encode("<answer>") + encode(f"{colour}</answer><|im_end|>")
-        out.append((ids + reply, len(ids), path))
+        answer = encode("<answer>") + encode(f"{colour}</answer><|im_end|>")
+        out.append((ids + answer, trained + [1] * len(answer), path))
     return out
 
 
@@ -89,10 +100,10 @@ def warm_start(model_dir: str | Path, out_dir: str | Path, images_dir: str | Pat
         ids = torch.full((len(chunk), width), pad)
         mask = torch.zeros_like(ids)
         trained = torch.zeros((len(chunk), width - 1))
-        for row, (seq, start, _path) in enumerate(chunk):
+        for row, (seq, flags, _path) in enumerate(chunk):
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
-            trained[row, start - 1:len(seq) - 1] = 1  # position t predicts token t + 1
+            trained[row, :len(seq) - 1] = torch.tensor(flags[1:], dtype=torch.float)  # position t predicts token t + 1
         inputs = {"input_ids": ids, "attention_mask": mask,
                   "pixel_values": torch.cat([pixels[path]["pixel_values"] for _, _, path in chunk]),
                   "image_grid_thw": torch.cat([pixels[path]["image_grid_thw"] for _, _, path in chunk]),

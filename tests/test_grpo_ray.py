@@ -26,7 +26,10 @@ def warm_policy(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def judge():
-    with LoopbackJudgeServer(mode="prose", verdict=True) as server:
+    # verdict False: the rules pass the right colour ("red" == "red") and leave a wrong one ("green" for
+    # "red") to the judge, which must then say wrong -- a judge that always says right would give every
+    # group the same reward, and the run would have nothing to learn.
+    with LoopbackJudgeServer(mode="prose", verdict=False) as server:
         yield server
 
 
