@@ -116,6 +116,21 @@ def expert_phrases() -> list[str]:
     return phrases
 
 
+# The task generators' answer words: colour names, shape names, the words on signs, list items.
+ANSWER_SOURCES = [Path(__file__).resolve().parents[1] / "envs" / "tasks" / f for f in ("drawing.py", "generators/direct.py")]
+
+
+def answer_words() -> list[str]:
+    """The words tasks are answered with, each of which should be one token, with and without a leading
+    space: the demo's direct answers are copied from the sandbox's printout ("purple") into the thought
+    (" purple") and the answer, and spelt letter by letter ('p','u','r','p','le') a 2-layer model copied
+    them poorly (docs/training.md "Tokenizer fit")."""
+    from envs.tasks.drawing import COLOURS, ITEMS, WORDS
+    from envs.tasks.generators.direct import SHAPES
+
+    return [*COLOURS, *SHAPES, *WORDS, *ITEMS]
+
+
 def expert_code(rng: random.Random) -> str:
     """One snippet as the experts write it (envs/tasks/experts/snippets.py), with random numbers."""
     from envs.tasks.experts import snippets
@@ -145,6 +160,8 @@ def build_corpus(samples: int, seed: int) -> list[str]:
     prompt = load_prompt_config()
     texts = [prompt.system, " ".join(_WORDS), " ".join(str(i) for i in range(2049))]
     texts += expert_phrases() * 5
+    words = answer_words()
+    texts += [" ".join(words), "\n".join(words)] * 20  # both forms frequent enough to be merged whole
     texts += [expert_code(rng) for _ in range(samples // 2)]
     for _ in range(samples):
         nums = {k: rng.randint(0, 2048) for k in "abcd"}
@@ -244,7 +261,7 @@ def fingerprint(cfg: TinyModelConfig | None = None) -> str:
     from policy.prompts import PROMPT_CONF_DIR
 
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    for path in sorted(EXPERTS_DIR.glob("*.py")):  # the tokenizer corpus quotes the experts
+    for path in [*sorted(EXPERTS_DIR.glob("*.py")), *ANSWER_SOURCES]:  # the tokenizer corpus quotes them
         digest.update(path.read_bytes())
     digest.update((PROMPT_CONF_DIR / "thyme.yaml").read_bytes())
     digest.update(repr(asdict(cfg or TinyModelConfig())).encode())

@@ -32,6 +32,19 @@ def test_tags_are_several_tokens(policy):
         assert len(ids) > 1 and tokenizer.decode(ids) == tag
 
 
+def test_every_answer_word_is_one_token(policy):
+    # a word split into pieces ("purple" = p|u|r|p|le) is one more thing the tiny model must learn
+    # before an answer can be right (docs/training.md "Tokenizer fit")
+    from policy.tiny_model import answer_words
+
+    tokenizer = policy[1].tokenizer
+    words = answer_words()
+    assert {"purple", "orange", "triangle"} <= set(words)
+    for word in words:
+        for text in (word, " " + word):
+            assert len(tokenizer.encode(text, add_special_tokens=False)) == 1, repr(text)
+
+
 def test_processor_works_without_torchvision(policy):
     processor = policy[1]
     try:
