@@ -25,8 +25,8 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $@
 
-# Sandbox, task sets, SFT -> SFT math -> GRPO on the tiny model, eval of random/SFT/GRPO on 200 held-out
-# tasks, tables + outputs/demo/learning.png, chat (~13 min on 2 cores; docs/training.md "The demo recipe").
+# Sandbox, task sets, SFT -> SFT math -> GRPO on the tiny model, eval of random/SFT/GRPO on 400 held-out
+# tasks, tables + outputs/demo/learning.png, chat (12-14 min on 2 cores; docs/training.md "The demo recipe").
 demo: setup
 	$(PY) -m launch.demo
 

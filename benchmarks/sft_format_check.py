@@ -11,8 +11,9 @@ project's own commands:
 4. `launch.eval --prompt demo`: greedy decoding, the full agent loop and the real sandbox.
 Prints launch.eval's table and one line: share of well-formed responses (the reward's format check),
 code use, share of code blocks that ran, accuracy. Each step is skipped when its product exists in the
-work folder, so a second run only re-evaluates. About 9 minutes on 2 CPU cores (measured in the demo:
-98% well-formed, 90% of code blocks ran on 200 held-out tasks).
+work folder, so a second run only re-evaluates. About 9 minutes on 2 CPU cores. Measured in full demos
+(400 held-out tasks): 94% well-formed / 87% of code ran in one run, 79% and 74% well-formed in two others
+of the same seeds (docs/training.md "Tokenizer fit and copying": `<answer><|im_end|>` on rotation).
 """
 from __future__ import annotations
 
