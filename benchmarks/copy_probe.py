@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CANDIDATES = {"colour": ["red", "green", "blue", "yellow", "orange", "purple"],
-              "shape": ["circle", "square", "triangle"], "count": ["1", "2", "3", "4", "5"]}
+from vision_probe import CANDIDATES  # noqa: E402  (the sibling probe's answers; this folder is on sys.path)
+
 PRINTED = re.compile(r"<sandbox_output>(\w+)</sandbox_output>\nThe code printed ")
 
 
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = load_policy(args.model)
     system = load_prompt_config(args.prompt).system
     tokenizer = processor.tokenizer
+    # the answer's first token after "The code printed" (each candidate is one token: policy/tiny_model.py)
+    firsts = {kind: [tokenizer.encode(" " + c, add_special_tokens=False)[0] for c in cands]
+              for kind, cands in CANDIDATES.items()}
     stats: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for row in load_sft_rows(args.rows)[0]:
         match = PRINTED.search(row.response) if row.category == "direct" else None
@@ -53,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         if kind is None or stats[kind]["rows"] >= args.limit:
             continue
         truth, cands = match.group(1), CANDIDATES[kind]
-        firsts = [tokenizer.encode(" " + c, add_special_tokens=False)[0] for c in cands]
         stats[kind]["rows"] += 1
         for value in cands:
             swapped = row.response[:match.start()] + match.group(0).replace(f">{truth}<", f">{value}<") + row.response[match.end():]
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 logits = model(input_ids=x, attention_mask=torch.ones_like(x),
                                mm_token_type_ids=(x == processor.image_pad_id).int(), **images).logits[0, at]
-            p = torch.softmax(logits.float(), -1)[firsts]
+            p = torch.softmax(logits.float(), -1)[firsts[kind]]
             p = p / p.sum()
             best = cands[int(p.argmax())]
             stats[kind]["swaps"] += 1

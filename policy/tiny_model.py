@@ -122,9 +122,9 @@ ANSWER_SOURCES = [Path(__file__).resolve().parents[1] / "envs" / "tasks" / f for
 
 def answer_words() -> list[str]:
     """The words tasks are answered with, each of which should be one token, with and without a leading
-    space: the demo's direct answers are copied from the sandbox's printout ("purple") into the thought
-    (" purple") and the answer, and spelt letter by letter ('p','u','r','p','le') a 2-layer model copied
-    them poorly (docs/training.md "Tokenizer fit")."""
+    space: the demo's direct answers go from the sandbox's printout ("purple") into the thought
+    (" purple") and the answer, and a word spelt in pieces ('p','u','r','p','le') is one more thing the
+    tiny model must learn before an answer is right (docs/training.md "Tokenizer fit and copying")."""
     from envs.tasks.drawing import COLOURS, ITEMS, WORDS
     from envs.tasks.generators.direct import SHAPES
 

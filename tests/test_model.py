@@ -34,7 +34,7 @@ def test_tags_are_several_tokens(policy):
 
 def test_every_answer_word_is_one_token(policy):
     # a word split into pieces ("purple" = p|u|r|p|le) is one more thing the tiny model must learn
-    # before an answer can be right (docs/training.md "Tokenizer fit")
+    # before an answer can be right (docs/training.md "Tokenizer fit and copying")
     from policy.tiny_model import answer_words
 
     tokenizer = policy[1].tokenizer
