@@ -29,12 +29,34 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_worker_range(taken: list[int], width: int = 201) -> int:
+    """The first port of `width` free ports that holds none of `taken`. Searched below Linux's usual
+    ephemeral range (32768+), where the single ports come from: a range starting at one more free
+    port may contain one of them, and Ray then refuses to start (as it did once in CI)."""
+    for low in range(20000, 32768 - width, width):
+        span = range(low, low + width)
+        if not any(p in span for p in taken) and all(_bindable(p) for p in span):
+            return low
+    raise RuntimeError("no free range of worker ports in 20000-32767")
+
+
 @pytest.fixture
 def ray_head():
     """A head started with `ray start --node-ip-address=127.0.0.1`, every port of its own (other Ray
     instances may run on this machine); yields (dashboard URL, marker, env)."""
     marker = new_marker()
-    gcs, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr, worker_lo = _free_ports(10)
+    singles = _free_ports(9)
+    gcs, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = singles
+    worker_lo = _free_worker_range(singles)
     env = {**os.environ, MARKER: marker, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            # the job's entrypoint runs `python`: this interpreter's, with the project installed
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
