@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default=str(REPO / ".cache" / "sft_format_check"))
     args = parser.parse_args()
 
-    from launch.demo import CATEGORIES, DIFFICULTY, PROMPT, SEEDS, TASK_SETTINGS
+    from launch.demo import CATEGORIES, DIFFICULTY, MODEL_SETTINGS, PROMPT, SEEDS, TASK_SETTINGS
 
     work = Path(args.work_dir).resolve()
     train, math, held_out, run = work / "train_tasks", work / "math_tasks", work / "eval_tasks", work / "run"
@@ -52,7 +52,7 @@ def main() -> None:
         ([python, "-m", "envs.tasks", "generate", "--category", CATEGORIES, "--n", str(args.eval_tasks), "--seed",
           str(SEEDS["eval"]), "--split", "eval", "--out", str(held_out), *common], held_out / "tasks.jsonl"),
         ([python, "-m", "launch.train", "pipeline=[sft_demo,sft_math_demo]", f"prompt={PROMPT}", f"output_dir={run}",
-          f"model.tiny_dir={work / 'tiny_model'}", f"data.sft_path={train / 'sft.jsonl'}", "data.math_categories=[]",
+          f"model.tiny_dir={work / 'tiny_model'}", *MODEL_SETTINGS, f"data.sft_path={train / 'sft.jsonl'}", "data.math_categories=[]",
           f"data.math_path={math / 'sft.jsonl'}", "logging=disabled", "checkpoint.keep_last=1"], run / "train_result.json"),
     ]
     for cmd, product in steps:

@@ -45,6 +45,9 @@ RL_CATEGORIES = "direct,computation"
 # Four task sets, four seeds: the held-out tasks are never trained on.
 SEEDS = {"sft": 11, "math": 12, "rl": 21, "eval": 999}
 PIPELINE = "pipeline=[sft_demo,sft_math_demo,grpo_demo]"
+# The tiny model with each Thyme tag one token, taught to restate what a tool printed before SFT
+# (policy/tiny_model.py TinyModelConfig says why; docs/training.md "Copying").
+MODEL_SETTINGS = ("model.tiny_tag_tokens=true", "model.tiny_copy_pretrain_steps=300")
 
 CROP_SNIPPET = """
 <code>
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     banner("3/6 train", "the tiny Qwen2.5-VL from scratch: SFT (image data), SFT (computation), GRPO-ATS; local Ray")
     if not (args.skip_train and (train_out / "train_result.json").exists()):
         run(["-m", "launch.train", PIPELINE, f"prompt={PROMPT}", f"output_dir={train_out}", f"model.tiny_dir={tiny}",
+             *MODEL_SETTINGS,
              # the image stage trains every SFT row (computation included), the annealing its own set
              f"data.sft_path={data / 'sft' / 'sft.jsonl'}", "data.math_categories=[]",
              f"data.math_path={data / 'math' / 'sft.jsonl'}", f"data.rl_path={data / 'rl' / 'rl.jsonl'}",

@@ -48,12 +48,19 @@ def _generate(out: Path, category: str, n: int, seed: int, trajectories: bool) -
 def ensure_model(config: TrainConfig) -> str:
     if config.model.path:
         return config.model.path
-    from policy.tiny_model import make_tiny_model
+    from policy.tiny_model import TinyModelConfig, built_config, make_tiny_model
 
     target = Path(config.model.tiny_dir)
+    wanted = TinyModelConfig(tag_tokens=config.model.tiny_tag_tokens,
+                             copy_pretrain_steps=config.model.tiny_copy_pretrain_steps)
     if not (target / "config.json").is_file():
         log.info("model.path is unset: building the tiny Qwen2.5-VL into %s", target)
-        make_tiny_model(target)
+        make_tiny_model(target, cfg=wanted)
+    elif (built_config(target) or TinyModelConfig()) != wanted:
+        raise ConfigError(f"model.tiny_dir={target} holds a tiny model built with other settings than "
+                          f"model.tiny_tag_tokens={config.model.tiny_tag_tokens} "
+                          f"model.tiny_copy_pretrain_steps={config.model.tiny_copy_pretrain_steps}: delete that "
+                          "folder or set another model.tiny_dir")
     return str(target)
 
 

@@ -15,6 +15,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str | None = None  # HF folder (tiny or real Qwen2.5-VL); None builds the tiny model on the fly
     tiny_dir: str = "outputs/tiny_model"  # where the on-the-fly tiny model is built (reused if present)
+    tiny_tag_tokens: bool = False  # the tiny model's tokenizer makes each Thyme tag one token (the demo's)
+    tiny_copy_pretrain_steps: int = 0  # steps of copy pre-training of the tiny model (policy/tiny_pretrain.py)
     freeze_vision: bool = False  # keep the vision tower's weights fixed
     gradient_checkpointing: bool = False
     max_pixels: int | None = None  # cap an image's pixels before the vision tower (None: processor default)
@@ -192,6 +194,8 @@ def validate(config: TrainConfig, check_paths: bool = True) -> None:
     from learners.losses import LOSSES  # late: keeps the config module free of torch at import
     _check(s.loss in LOSSES, f"stage.loss={s.loss!r}: known losses are {', '.join(sorted(LOSSES))}")
     _check(d.overlong in ("truncate", "skip"), f"data.overlong={d.overlong!r}: use truncate or skip")
+    _check(config.model.tiny_copy_pretrain_steps >= 0,
+           f"model.tiny_copy_pretrain_steps={config.model.tiny_copy_pretrain_steps}: must be >= 0 (0: no pre-training)")
     _check(d.max_seq_len >= 16, f"data.max_seq_len={d.max_seq_len}: too small to hold a prompt")
     _check((c.gpus_per_learner is None or c.gpus_per_learner >= 0) and c.cpus_per_learner >= 1,
            f"cluster.gpus_per_learner={c.gpus_per_learner}, cluster.cpus_per_learner={c.cpus_per_learner}: "

@@ -3,13 +3,15 @@
 The architecture is the real one (transformers' Qwen2_5_VLForConditionalGeneration: vision tower,
 patch merger, mrope text decoder), only small. The tokenizer is a byte-level BPE trained here on text
 we generate ourselves (prompts, tags, the kind of Python image code Thyme trajectories contain, digits,
-words), with Qwen's special tokens and a Qwen2.5-VL-style chat template. The Thyme tags come out as
-several tokens each, as with the real tokenizer, so code paths that must not assume single-token tags
-are exercised.
+words), with Qwen's special tokens and a Qwen2.5-VL-style chat template. By default the Thyme tags come
+out as several tokens each, as with Qwen2.5-VL's tokenizer, so code paths that must not assume
+single-token tags are exercised; `tag_tokens=True` makes each tag one token instead (the demo's model,
+see TinyModelConfig).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -17,7 +19,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from envs.protocol import ANSWER_CLOSE, ANSWER_OPEN, CODE_CLOSE, CODE_OPEN, THINK_CLOSE, THINK_OPEN, render_sandbox_output
+from envs.protocol import (ANSWER_CLOSE, ANSWER_OPEN, CODE_CLOSE, CODE_OPEN, SANDBOX_CLOSE, SANDBOX_OPEN, THINK_CLOSE,
+                           THINK_OPEN, render_sandbox_output)
 
 # Qwen2.5-VL's special tokens, in its order (ids differ here: the vocabulary is small).
 SPECIAL_TOKENS = [
@@ -25,6 +28,8 @@ SPECIAL_TOKENS = [
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
+
+THYME_TAGS = [THINK_OPEN, THINK_CLOSE, CODE_OPEN, CODE_CLOSE, SANDBOX_OPEN, SANDBOX_CLOSE, ANSWER_OPEN, ANSWER_CLOSE]
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -62,11 +67,23 @@ class TinyModelConfig:
     max_pixels: int = 28 * 28 * 64
     max_position_embeddings: int = 32768
     corpus_samples: int = 1500
+    # Each Thyme tag one token. With the byte-level BPE `<answer>` is `<` `answer` `>` and ends in the
+    # same two tokens as `</answer>`, after which the turn always ends: on an answer it cannot read, the
+    # demo's 2M model then ended its turn right after `<answer>` in some runs (docs/training.md
+    # "Single-token tags"). A token of its own per tag removes that tie and gives the printed value in
+    # `<sandbox_output>X` a one-token left neighbour to be found by.
+    tag_tokens: bool = False
+    # Steps of copy pre-training after the random init (policy/tiny_pretrain.py): the demo's model must
+    # restate what the sandbox printed, a skill a pre-trained VLM brings and its SFT cannot form
+    # (docs/training.md "Copying"). 0: the random model as it is.
+    copy_pretrain_steps: int = 0
 
     def __post_init__(self) -> None:
         head_dim = self.text_hidden // self.text_heads
         if sum(self.mrope_section) * 2 != head_dim:
             raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+        if self.copy_pretrain_steps < 0:
+            raise ValueError(f"copy_pretrain_steps {self.copy_pretrain_steps} must be >= 0")
         if self.text_heads % self.text_kv_heads:
             raise ValueError(f"text_heads {self.text_heads} must be a multiple of text_kv_heads {self.text_kv_heads}")
 
@@ -98,6 +115,8 @@ _CODE_SNIPPETS = [
 ]
 
 
+TINY_CONFIG_FILE = "tiny_model.json"  # the TinyModelConfig a folder was built with
+COPY_PRETRAIN_FILE = "copy_pretrain.json"  # copy accuracy before and after the copy pre-training
 EXPERTS_DIR = Path(__file__).resolve().parents[1] / "envs" / "tasks" / "experts"
 
 
@@ -183,7 +202,7 @@ def build_corpus(samples: int, seed: int) -> list[str]:
 # ---- builders -------------------------------------------------------------------------------------
 def build_tokenizer(cfg: TinyModelConfig, seed: int):
     """Byte-level BPE trained on our corpus, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -194,6 +213,8 @@ def build_tokenizer(cfg: TinyModelConfig, seed: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(build_corpus(cfg.corpus_samples, seed), trainer=trainer)
+    if cfg.tag_tokens:  # plain added tokens (not special): they decode as text and are never skipped
+        tok.add_tokens([AddedToken(tag, normalized=False, special=False) for tag in THYME_TAGS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
         additional_special_tokens=SPECIAL_TOKENS[1:], chat_template=CHAT_TEMPLATE, padding_side="left",
@@ -251,9 +272,27 @@ def make_tiny_model(out: str | Path, seed: int = 0, cfg: TinyModelConfig | None 
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[1], bos_token_id=eos[1])
+    if cfg.copy_pretrain_steps:
+        from policy.tiny_pretrain import pretrain_copying
+
+        words = sorted(set(answer_words()) | set(_WORDS))
+        report = pretrain_copying(model, tokenizer, words, cfg.copy_pretrain_steps, seed)
+        (out / COPY_PRETRAIN_FILE).write_text(json.dumps(report, indent=1))
     model.save_pretrained(str(out))
     processor.save_pretrained(out)
+    (out / TINY_CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=1))
     return out
+
+
+def built_config(model_dir: str | Path) -> TinyModelConfig | None:
+    """The TinyModelConfig a tiny model folder was built with (None: not built by make_tiny_model, or
+    built before it recorded its settings)."""
+    path = Path(model_dir) / TINY_CONFIG_FILE
+    if not path.is_file():
+        return None
+    values = json.loads(path.read_text())
+    values["mrope_section"] = tuple(values["mrope_section"])
+    return TinyModelConfig(**values)
 
 
 def fingerprint(cfg: TinyModelConfig | None = None) -> str:
@@ -261,6 +300,7 @@ def fingerprint(cfg: TinyModelConfig | None = None) -> str:
     from policy.prompts import PROMPT_CONF_DIR
 
     digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update((Path(__file__).parent / "tiny_pretrain.py").read_bytes())
     for path in [*sorted(EXPERTS_DIR.glob("*.py")), *ANSWER_SOURCES]:  # the tokenizer corpus quotes them
         digest.update(path.read_bytes())
     digest.update((PROMPT_CONF_DIR / "thyme.yaml").read_bytes())

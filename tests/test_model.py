@@ -32,6 +32,27 @@ def test_tags_are_several_tokens(policy):
         assert len(ids) > 1 and tokenizer.decode(ids) == tag
 
 
+def test_tag_tokens_option_makes_each_tag_one_token(tmp_path):
+    # the demo's model (docs/training.md "Single-token tags"); the default keeps them split, as above
+    from launch.stage_inputs import ensure_model
+    from learners.train_config import ConfigError, ModelConfig, TrainConfig
+    from policy.tiny_model import THYME_TAGS, TinyModelConfig, built_config
+
+    config = TrainConfig(model=ModelConfig(tiny_dir=str(tmp_path / "tiny"), tiny_tag_tokens=True))
+    folder = ensure_model(config)
+    assert built_config(folder) == TinyModelConfig(tag_tokens=True)
+    tokenizer = PolicyProcessor.from_pretrained(folder).tokenizer
+    for tag in THYME_TAGS:
+        assert len(tokenizer.encode(tag, add_special_tokens=False)) == 1, tag
+    text = "<think>look</think>\n<code>\n```python\nprint(3)\n```\n</code>\n<sandbox_output>3</sandbox_output>\n<answer>3</answer>"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text and tokenizer.decode(ids, skip_special_tokens=True) == text
+    # reusing that folder with other settings is refused rather than silently training the other model
+    config.model.tiny_tag_tokens = False
+    with pytest.raises(ConfigError, match="model.tiny_tag_tokens=False"):
+        ensure_model(config)
+
+
 def test_every_answer_word_is_one_token(policy):
     # a word split into pieces ("purple" = p|u|r|p|le) is one more thing the tiny model must learn
     # before an answer can be right (docs/training.md "Tokenizer fit and copying")
