@@ -192,7 +192,7 @@ def build_corpus(samples: int, seed: int) -> list[str]:
         reply = f"{THINK_OPEN}{words}{THINK_CLOSE}\n"
         if rng.random() < 0.7:
             output = rng.choice([f"zoom_{nums['b']}.png", str(nums["c"]), "Error: index out of range"])
-            reply += f"{CODE_OPEN}\n```python\n{code}\n```\n{CODE_CLOSE}\n{render_sandbox_output(output)}\n"
+            reply += f"{CODE_OPEN}\n```python\n{code}\n```\n{CODE_CLOSE}{render_sandbox_output(output)}\n"
         reply += f"{ANSWER_OPEN}{rng.choice(_WORDS)} {nums['d']}{ANSWER_CLOSE}"
         texts.append(f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{user}<|im_end|>\n"
                      f"<|im_start|>assistant\n{reply}<|im_end|>")
@@ -277,6 +277,8 @@ def make_tiny_model(out: str | Path, seed: int = 0, cfg: TinyModelConfig | None 
 
         words = sorted(set(answer_words()) | set(_WORDS))
         report = pretrain_copying(model, tokenizer, words, cfg.copy_pretrain_steps, seed)
+        print(f"[tiny pre-training] copy accuracy on unseen texts {report['copy_accuracy_before']:.2f} -> "
+              f"{report['copy_accuracy_after']:.2f}", flush=True)
         (out / COPY_PRETRAIN_FILE).write_text(json.dumps(report, indent=1))
     model.save_pretrained(str(out))
     processor.save_pretrained(out)

@@ -40,7 +40,7 @@ def copy_texts(n: int, words: list[str], rng: random.Random, episodes: int = 12)
 
 
 def pretrain_copying(model, tokenizer, words: list[str], steps: int, seed: int, batch: int = 16,
-                     lr: float = 3e-3, log=print) -> dict[str, float]:
+                     lr: float = 3e-3) -> dict[str, float]:
     """Train `model` in place for `steps` AdamW steps on copy texts; returns the copy accuracy (greedy
     next token after each restatement's first word position) on fresh texts before and after."""
     import torch
@@ -61,7 +61,8 @@ def pretrain_copying(model, tokenizer, words: list[str], steps: int, seed: int, 
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
         if step % max(1, steps // 5) == 0 or step == steps:
-            log(f"[tiny pre-training] step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)")
+            print(f"[tiny pre-training] step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)",
+                flush=True)
     model.eval()
     after = copy_accuracy(model, tokenizer, words, random.Random(seed + 1))
     return {"copy_accuracy_before": before, "copy_accuracy_after": after}

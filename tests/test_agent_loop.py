@@ -126,9 +126,9 @@ def test_token_in_token_out(engine, sandbox, image_path):
             assert len(matches) == 1, "each model span must come from one request whose prompt is the sequence so far"
             assert rec.token_ids[start:end] == matches[0].token_ids
             assert rec.logprobs[start:end] == pytest.approx(matches[0].logprobs)
-    # The sandbox reply is the only new text tokenised: <sandbox_output>42\n</sandbox_output>.
+    # The sandbox reply is the only new text tokenised: <sandbox_output>42</sandbox_output> (stripped, as in SFT rows).
     [(start, end)] = records[0].spans("sandbox")
-    expected = engine.tokenizer.encode(f"{SANDBOX_OPEN}42\n", add_special_tokens=False) + \
+    expected = engine.tokenizer.encode(f"{SANDBOX_OPEN}42", add_special_tokens=False) + \
         engine.tokenizer.encode(SANDBOX_CLOSE, add_special_tokens=False)
     assert records[0].token_ids[start:end] == expected
     # A prefix ending inside an open <code> block starts the round with ATS in code mode.
@@ -295,3 +295,26 @@ def test_prompt_is_the_one_sft_trains_on(engine, sandbox, image_path):
     assert rec.token_ids[:n] == sft.input_ids[:n], decode(engine, rec.token_ids[:n])[-300:]
     assert image_path in decode(engine, rec.token_ids[:n])
     assert rec.code_successes == 1 and "(200, 300, 3)" in rec.code_runs[0].stdout
+
+
+def test_an_expert_rows_code_round_reads_as_the_loop_builds_it(engine, sandbox, tmp_path):
+    # SFT rows must hold the text the agent loop builds at inference: once the rows had a newline between
+    # `</code>` and `<sandbox_output>` and the printed value stripped, while the loop (the model stops
+    # at `</code>`) had neither, so the tiny model trained on one context and was evaluated on another.
+    from envs.data.thyme_prompt import load_prompt_texts
+    from envs.tasks.build import generate_tasks
+    from envs.tasks.trajectories import run_expert
+
+    [task] = generate_tasks("computation", 1, seed=3, split="train", out_dir=tmp_path / "tasks", difficulty=0.0,
+                            progress=False)
+    result = run_expert(task, sandbox, produced_dir=tmp_path / "produced", prompt=load_prompt_texts())
+    assert result.row is not None, result.reason
+    response = result.row.response
+    first_round = response[:response.index(SANDBOX_CLOSE) + len(SANDBOX_CLOSE)]
+    prefix = first_round[:first_round.index("</code>") + len("</code>")]
+    config = load_rollout_config(overrides={"max_new_tokens_per_round": 1})
+    with AgentLoop(engine, sandbox, config) as loop:
+        [rec] = loop.run([EpisodeInput(task.question, task.image_paths, assistant_prefix=prefix)], SamplingSettings.greedy())
+    assert rec.code_successes == 1
+    [(start, _)], [(_, end)] = rec.spans("prefix"), rec.spans("sandbox")
+    assert engine.tokenizer.decode(rec.token_ids[start:end]) == first_round

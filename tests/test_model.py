@@ -44,7 +44,7 @@ def test_tag_tokens_option_makes_each_tag_one_token(tmp_path):
     tokenizer = PolicyProcessor.from_pretrained(folder).tokenizer
     for tag in THYME_TAGS:
         assert len(tokenizer.encode(tag, add_special_tokens=False)) == 1, tag
-    text = "<think>look</think>\n<code>\n```python\nprint(3)\n```\n</code>\n<sandbox_output>3</sandbox_output>\n<answer>3</answer>"
+    text = "<think>look</think>\n<code>\n```python\nprint(3)\n```\n</code><sandbox_output>3</sandbox_output>\n<answer>3</answer>"
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert tokenizer.decode(ids) == text and tokenizer.decode(ids, skip_special_tokens=True) == text
     # reusing that folder with other settings is refused rather than silently training the other model

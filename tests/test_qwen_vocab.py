@@ -136,7 +136,7 @@ def test_sft_ids_equal_the_agent_loops_ids(qwen_engine, scratch_dir):
     [(start, end)] = rec.spans("sandbox")
     assert rec.code_successes == 1 and "(200, 300, 3)" in rec.code_runs[0].stdout
     reply = qwen_engine.tokenizer.decode(rec.token_ids[start:end])
-    assert reply == "<sandbox_output>(200, 300, 3)\n</sandbox_output>"  # the code's printed line, as the loop shows it
+    assert reply == "<sandbox_output>(200, 300, 3)</sandbox_output>"  # the printed line, stripped as SFT rows hold it
     sys_prompt = loop.prompt.system
     question = loop.prompt.user_text("Which color?", str(path), 300, 200)
     counts = [qwen_engine.processor.num_image_tokens(rec.images[0])]

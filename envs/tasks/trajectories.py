@@ -134,7 +134,8 @@ def run_expert(task: Task, sandbox, *, produced_dir: str | Path, prompt: PromptT
                         return result
                     outputs.append(out)
                     produced += kept_paths
-                    parts.append(f"{step.thought}\n{code_block(step.code)}\n"
+                    # the reply follows `</code>` directly, as the agent loop appends it at inference
+                    parts.append(f"{step.thought}\n{code_block(step.code)}"
                                  f"{render_sandbox_output(render_round(run.stdout, len(kept_paths)))}")
         except SandboxError as exc:  # e.g. an unreadable input image: drop this one, keep the job going
             result.dropped_by, result.reason = "execution", f"sandbox: {exc}"
