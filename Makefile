@@ -23,6 +23,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m learners.deepspeed_ops
 	@touch $@
 
 # Sandbox, task sets, SFT -> SFT math -> GRPO on the tiny model, eval of random/SFT/GRPO on 400 held-out

@@ -25,3 +25,10 @@ def ensure_cpu_comm_op() -> None:
     where = os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions")
     with spinner(f"preparing DeepSpeed's CPU communication op (compiled on first use: 1-4 min; cached in {where})"):
         builder.load(verbose=False)
+
+
+if __name__ == "__main__":  # `make setup` compiles it at install time, so a first demo or test does not
+    from learners.wandb_run import keep_files_out_of_home
+
+    keep_files_out_of_home()  # the repo's .cache/torch_extensions, where launch.train and the tests look
+    ensure_cpu_comm_op()

@@ -150,6 +150,12 @@ def answer_words() -> list[str]:
     return [*COLOURS, *SHAPES, *WORDS, *ITEMS]
 
 
+def copy_words() -> list[str]:
+    """What the copy pre-training's tool prints and the model restates: the answer words and filler words
+    (numbers it draws itself)."""
+    return sorted(set(answer_words()) | set(_WORDS))
+
+
 def expert_code(rng: random.Random) -> str:
     """One snippet as the experts write it (envs/tasks/experts/snippets.py), with random numbers."""
     from envs.tasks.experts import snippets
@@ -275,8 +281,7 @@ def make_tiny_model(out: str | Path, seed: int = 0, cfg: TinyModelConfig | None 
     if cfg.copy_pretrain_steps:
         from policy.tiny_pretrain import pretrain_copying
 
-        words = sorted(set(answer_words()) | set(_WORDS))
-        report = pretrain_copying(model, tokenizer, words, cfg.copy_pretrain_steps, seed)
+        report = pretrain_copying(model, tokenizer, copy_words(), cfg.copy_pretrain_steps, seed)
         print(f"[tiny pre-training] copy accuracy on unseen texts {report['copy_accuracy_before']:.2f} -> "
               f"{report['copy_accuracy_after']:.2f}", flush=True)
         (out / COPY_PRETRAIN_FILE).write_text(json.dumps(report, indent=1))
