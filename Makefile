@@ -27,7 +27,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	@touch $@
 
 # Sandbox, task sets, SFT -> SFT math -> GRPO on the tiny model, eval of random/SFT/GRPO on 400 held-out
-# tasks, tables + outputs/demo/learning.png, chat (12-14 min on 2 cores; docs/training.md "The demo recipe").
+# tasks, tables + outputs/demo/learning.png, chat (14-15 min on 2 cores; docs/training.md "The demo recipe").
 demo: setup
 	$(PY) -m launch.demo
 
@@ -43,7 +43,7 @@ test-vllm:
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# The demo's SFT half: train the tiny model on 800 + 100 expert trajectories, eval it on 200 held-out tasks (~9 min).
+# The demo's SFT half: train the tiny model on 800 + 100 expert trajectories, eval it on 200 held-out tasks (~10 min).
 sft-format-check: setup
 	$(PY) benchmarks/sft_format_check.py
 

@@ -42,7 +42,8 @@ def copy_texts(n: int, words: list[str], rng: random.Random, episodes: int = 12)
 def pretrain_copying(model, tokenizer, words: list[str], steps: int, seed: int, batch: int = 16,
                      lr: float = 3e-3) -> dict[str, float]:
     """Train `model` in place for `steps` AdamW steps on copy texts; returns the copy accuracy (greedy
-    next token after each restatement's first word position) on fresh texts before and after."""
+    next token after each restatement's first word position) on fresh texts before and after, and the
+    first and last step's loss. The copy forms late: 0.02 after 100 steps, 0.92-0.97 after 300."""
     import torch
 
     rng = random.Random(seed)
@@ -50,10 +51,11 @@ def pretrain_copying(model, tokenizer, words: list[str], steps: int, seed: int, 
     before = copy_accuracy(model, tokenizer, words, random.Random(seed + 1))
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
-    started = time.perf_counter()
+    started, losses = time.perf_counter(), []
     for step in range(1, steps + 1):
         ids = _batch(tokenizer, copy_texts(batch, words, rng))
         loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
+        losses.append(loss.item())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in optimiser.param_groups:  # linear decay to 10%: the last steps settle the circuit
@@ -65,7 +67,8 @@ def pretrain_copying(model, tokenizer, words: list[str], steps: int, seed: int, 
                 flush=True)
     model.eval()
     after = copy_accuracy(model, tokenizer, words, random.Random(seed + 1))
-    return {"copy_accuracy_before": before, "copy_accuracy_after": after}
+    return {"copy_accuracy_before": before, "copy_accuracy_after": after, "loss_first": losses[0],
+            "loss_last": losses[-1], "seconds": round(time.perf_counter() - started, 1)}
 
 
 def copy_accuracy(model, tokenizer, words: list[str], rng: random.Random, n: int = 32) -> float:
