@@ -49,6 +49,7 @@ def test_default_is_laptop_sized_and_pipeline_composes_each_stage():
     (["stage.train_rounds=first"], "stage.train_rounds='first'"),
     (["+stage.learning_rate=1e-5"], "unknown setting(s) stage.learning_rate"),
     (["model=qwen2_5_vl_7b"], "model.path=/models/Qwen2.5-VL-7B-Instruct"),
+    (["model.tiny_copy_pretrain_steps=-5"], "model.tiny_copy_pretrain_steps=-5: must be >= 0"),
 ])
 def test_bad_configs_are_refused_with_what_to_change(overrides, message):
     with pytest.raises(ConfigError) as refused:
