@@ -26,7 +26,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PY) -m learners.deepspeed_ops
 	@touch $@
 
-# Sandbox, task sets, SFT -> SFT math -> GRPO on the tiny model, eval of random/SFT/GRPO on 400 held-out
+# Sandbox, task sets, SFT -> SFT math -> GRPO on the tiny model, eval of base/SFT/GRPO on 400 held-out
 # tasks, tables + outputs/demo/learning.png, chat (14-15 min on 2 cores; docs/training.md "The demo recipe").
 demo: setup
 	$(PY) -m launch.demo

@@ -14,7 +14,7 @@ code use, share of code blocks that ran, accuracy. Each step is skipped when its
 work folder, so a second run only re-evaluates. About 10 minutes on 2 CPU cores (the tiny model is built
 with the demo's MODEL_SETTINGS: single-token tags and ~70 s of copy pre-training). Measured in full demos
 of this recipe (400 held-out tasks, docs/training.md "Copying"): 91%, 87.5% and 85.5% well-formed in
-three runs, 54% and 52% in two others (the model mixes one category's template into another's).
+three runs, 54%, 52% and 52% in three others (the model mixes one category's template into another's).
 """
 from __future__ import annotations
 

@@ -382,10 +382,11 @@ class AgentLoop:
         must read the same context at rollout."""
         cfg = self.config
         parts, notes = [], []
-        if run.stdout.strip() and not run.image_paths:
+        printed = run.stdout.strip()
+        if printed and not run.image_paths:
             # stripped, as SFT rows hold it (envs/tasks/trajectories.py render_round): print()'s trailing
             # newline would be a token between the value and `</sandbox_output>` that training never showed
-            parts.append(_clip(run.stdout.strip(), cfg.max_sandbox_chars))
+            parts.append(_clip(printed, cfg.max_sandbox_chars))
         if run.error:
             parts.append("Error: " + _clip(run.error, cfg.max_sandbox_chars))
         images, paths = [], []

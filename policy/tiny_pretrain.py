@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 import time
 
+from envs.protocol import SANDBOX_CLOSE, render_sandbox_output
+
 # Restatements of the printed value, as trajectories phrase them (and a few they do not).
 TEMPLATES = (
     "The code printed {w}, so the answer is {w}.",
@@ -23,7 +25,7 @@ TEMPLATES = (
 
 def copy_episode(rng: random.Random, words: list[str]) -> str:
     word = rng.choice(words) if rng.random() < 0.8 else str(rng.randint(0, 99))
-    return f"<sandbox_output>{word}</sandbox_output>\n{rng.choice(TEMPLATES).format(w=word)}"
+    return f"{render_sandbox_output(word)}\n{rng.choice(TEMPLATES).format(w=word)}"
 
 
 def copy_texts(n: int, words: list[str], rng: random.Random, episodes: int = 12) -> list[str]:
@@ -56,7 +58,7 @@ def pretrain_copying(model, tokenizer, words: list[str], steps: int, seed: int, 
     for step in range(1, steps + 1):
         ids = _batch(tokenizer, copy_texts(batch, words, rng))
         loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
-        losses.append(loss.item())
+        losses.append(float(loss))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in optimiser.param_groups:  # linear decay to 10%: the last steps settle the circuit
@@ -64,8 +66,8 @@ def pretrain_copying(model, tokenizer, words: list[str], steps: int, seed: int, 
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
         if step % max(1, steps // 5) == 0 or step == steps:
-            print(f"[tiny pre-training] step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)",
-                flush=True)
+            print(f"[tiny pre-training] step {step}/{steps} loss {losses[-1]:.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
     model.eval()
     after = copy_accuracy(model, tokenizer, words, random.Random(seed + 1))
     return {"copy_accuracy_before": before, "copy_accuracy_after": after, "loss_first": losses[0],
@@ -92,13 +94,13 @@ def copy_accuracy(model, tokenizer, words: list[str], rng: random.Random, n: int
 
 def _restatement_starts(text: str) -> list[int]:
     """Character offsets of the first restated word (the space before it) of each episode."""
+    closing = SANDBOX_CLOSE + "\n"
     starts, pos = [], 0
-    while (close := text.find("</sandbox_output>\n", pos)) != -1:
+    while (close := text.find(closing, pos)) != -1:
         value = text[text.rfind(">", 0, close) + 1:close]
-        line = text[close + len("</sandbox_output>\n"):]
-        at = line.find(" " + value)
+        at = text.find(" " + value, close + len(closing))
         if at != -1:
-            starts.append(close + len("</sandbox_output>\n") + at)
+            starts.append(at)
         pos = close + 1
     return starts
 
