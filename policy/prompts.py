@@ -14,22 +14,28 @@ from envs.protocol import ANSWER_OPEN, CODE_CLOSE, CODE_OPEN, SANDBOX_OPEN, THIN
 
 PROMPT_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "prompt"
 _USER_FIELDS = {"question", "image_path", "width", "height"}
+# {image_path} may be left out: the sandbox presets `image_path`, so code needs no literal path, and a
+# path in the prompt names where the data set lives (its folder, its split, the task id): text that
+# differs between training and held-out prompts while meaning nothing (docs/training.md "The image path").
+_REQUIRED_FIELDS = _USER_FIELDS - {"image_path"}
 
 
 @dataclass
 class PromptConfig:
-    """system: the system prompt. user_template: the user turn, with {question} {image_path} {width}
-    {height} placeholders (all four required: the model needs the path and size to write code)."""
+    """system: the system prompt. user_template: the user turn, with {question} {width} {height} and
+    optionally {image_path} placeholders (the size is needed to write crop boxes; the path only by code
+    that names the file instead of the preset `image_path`)."""
 
     system: str
     user_template: str
 
     def __post_init__(self) -> None:
         fields = {name for _, name, _, _ in string.Formatter().parse(self.user_template) if name}
-        missing, unknown = _USER_FIELDS - fields, fields - _USER_FIELDS
+        missing, unknown = _REQUIRED_FIELDS - fields, fields - _USER_FIELDS
         if missing or unknown:
             raise ValueError(
-                f"prompt user_template must use exactly the placeholders {sorted(_USER_FIELDS)}; "
+                f"prompt user_template must use the placeholders {sorted(_REQUIRED_FIELDS)} (and may use "
+                f"{{image_path}}); "
                 f"missing {sorted(missing)}, unknown {sorted(unknown)} (escape literal braces as {{{{ }}}})"
             )
         for tag in (CODE_OPEN, CODE_CLOSE, SANDBOX_OPEN):

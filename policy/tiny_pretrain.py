@@ -58,7 +58,7 @@ def pretrain_copying(model, tokenizer, words: list[str], steps: int, seed: int, 
     for step in range(1, steps + 1):
         ids = _batch(tokenizer, copy_texts(batch, words, rng))
         loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
-        losses.append(float(loss))
+        losses.append(loss.item())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for group in optimiser.param_groups:  # linear decay to 10%: the last steps settle the circuit

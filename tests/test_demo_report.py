@@ -112,6 +112,11 @@ def test_generate_writes_rows_with_the_named_prompt(tmp_path):
     assert "Reply <think>" in row["messages"][1]["content"]
     with pytest.raises(SystemExit):
         main(["generate", "--category", "direct", "--n", "1", "--out", str(tmp_path / "x"), "--prompt", "nope"])
+    # expert code copying the image's path needs a prompt that shows it: refused before any task is made
+    with pytest.raises(SystemExit, match="literal_path_share=0"):
+        main(["generate", "--category", "direct", "--n", "1", "--out", str(tmp_path / "y"), "--prompt", "demo",
+              "--trajectories"])
+    assert not (tmp_path / "y").exists()
 
 
 def test_difficulty_per_category(tmp_path):

@@ -26,14 +26,23 @@ def test_hydra_composes_the_prompt_group():
 
 def test_bad_prompt_configs_are_refused_with_reasons(tmp_path):
     system = load_prompt_config().system
-    with pytest.raises(ValueError, match=r"missing \['image_path'\]"):
-        PromptConfig(system=system, user_template="{question} {width}x{height} <think> <answer>")
+    with pytest.raises(ValueError, match=r"missing \['height', 'width'\]"):
+        PromptConfig(system=system, user_template="{question} {image_path} <think> <answer>")
     with pytest.raises(ValueError, match=r"unknown \['path'\]"):
         PromptConfig(system=system, user_template="{question} {image_path} {path} {width}x{height} <think> <answer>")
     with pytest.raises(ValueError, match="<code>"):
         PromptConfig(system="Solve it.", user_template="{question} {image_path} {width}x{height} <think> <answer>")
     with pytest.raises(FileNotFoundError, match="available"):
         load_prompt_config("nope")
+
+
+def test_the_demo_prompt_does_not_name_the_image_file():
+    """Its user turn is the same text for an image in the SFT set and in the held-out set: a path there
+    names the data set's folder and split, which a tiny model reads as a feature (docs/training.md)."""
+    prompt = load_prompt_config("demo")
+    train = prompt.user_text("What colour is the circle?", "/o/demo/data/sft/images/train-direct-s11-000007.png", 64, 48)
+    held_out = prompt.user_text("What colour is the circle?", "/o/demo/data/eval/images/eval-direct-s999-000003.png", 64, 48)
+    assert train == held_out and "64x48" in train
 
 
 def test_prompt_becomes_model_input(tiny_model_dir):

@@ -14,7 +14,12 @@ PROMPT_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "prompt"
 @dataclass(frozen=True)
 class PromptTexts:
     system: str
-    user_template: str   # placeholders {question} {image_path} {width} {height}
+    user_template: str   # placeholders {question} {width} {height}, optionally {image_path}
+
+    @property
+    def shows_image_path(self) -> bool:
+        """Whether the user turn names the image's file (code may then copy that path)."""
+        return "{image_path}" in self.user_template
 
     def user_text(self, question: str, image_path: str, width: int, height: int) -> str:
         return self.user_template.format(question=question.strip(), image_path=image_path, width=width, height=height)

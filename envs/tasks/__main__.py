@@ -99,6 +99,9 @@ def _generate(args) -> int:
         prompt = load_prompt_texts(args.prompt)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"--prompt {args.prompt}: {exc}")
+    if args.trajectories and config.literal_path_share > 0 and not prompt.shows_image_path:
+        raise SystemExit(f"--prompt {args.prompt} does not show the image path, so expert code cannot copy it: "
+                         f"pass --set literal_path_share=0 (now {config.literal_path_share})")
     tasks = generate_tasks(args.category, args.n, seed=args.seed, split=args.split, out_dir=out,
                            difficulty=args.difficulty, config=config, workers=args.workers)
     write_rl_rows([rl_row(t, prompt) for t in tasks], out / "rl.jsonl")
