@@ -34,9 +34,10 @@ class StageInputs:
         return self.summary
 
 
-def _generate(out: Path, category: str, n: int, seed: int, trajectories: bool) -> None:
+def _generate(out: Path, category: str, n: int, seed: int, trajectories: bool, extra: tuple[str, ...] = ()) -> None:
     cmd = [sys.executable, "-m", "envs.tasks", "generate", "--category", category, "--n", str(n),
            "--seed", str(seed), "--split", "train", "--out", str(out)] + (["--trajectories"] if trajectories else [])
+    cmd += list(extra)
     done = subprocess.run(cmd, cwd=REPO_ROOT)
     wanted = out / (SFT_FILE if trajectories else RL_FILE)
     if done.returncode != 0 or not wanted.is_file():
@@ -64,18 +65,36 @@ def ensure_model(config: TrainConfig) -> str:
     return str(target)
 
 
-def ensure_generated_data(config: TrainConfig) -> Path:
-    """The generated task set's SFT rows (generate_dir/sft.jsonl), made once with envs.tasks."""
+PROMPT_FILE = "prompt.yaml"
+
+
+def ensure_generated_data(config: TrainConfig, prompt_cfg: dict | None = None) -> Path:
+    """The generated task set's SFT rows (generate_dir/sft.jsonl), made once with envs.tasks. The rows'
+    user turns are written with the run's prompt (kept beside them in prompt.yaml), so SFT sees the text
+    rollouts and eval will show; a folder made with another prompt is refused rather than reused."""
     d = config.data
     out = Path(d.generate_dir)
-    if not (out / SFT_FILE).is_file():
-        n = d.generate_per_category * 6
-        log.info("data paths unset: generating %d tasks with expert trajectories into %s", n, out)
-        _generate(out, "all", n, d.generate_seed, trajectories=True)
+    wanted = {k: prompt_cfg[k] for k in ("system", "user_template") if prompt_cfg and k in prompt_cfg}
+    if (out / SFT_FILE).is_file():
+        stored = out / PROMPT_FILE
+        if wanted and stored.is_file() and OmegaConf.to_container(OmegaConf.load(stored)) != wanted:
+            raise ConfigError(f"data.generate_dir={out} holds rows written with another prompt ({stored}): delete "
+                              "that folder or set another data.generate_dir")
+        return out / SFT_FILE
+    n = d.generate_per_category * 6
+    log.info("data paths unset: generating %d tasks with expert trajectories into %s", n, out)
+    extra: tuple[str, ...] = ()
+    if len(wanted) == 2:
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(wanted), out / PROMPT_FILE)
+        extra = ("--prompt", str(out / PROMPT_FILE))
+        if "{image_path}" not in wanted["user_template"]:  # code cannot copy a path the prompt never shows
+            extra += ("--set", "literal_path_share=0")
+    _generate(out, "all", n, d.generate_seed, trajectories=True, extra=extra)
     return out / SFT_FILE
 
 
-def stage_rows(config: TrainConfig):
+def stage_rows(config: TrainConfig, prompt_cfg: dict | None = None):
     """The SFT rows of this stage and where they came from (see conf/data/generated.yaml)."""
     from envs.data import load_sft_rows
 
@@ -83,7 +102,7 @@ def stage_rows(config: TrainConfig):
     if math and d.math_path:
         rows, _counts = load_sft_rows(d.math_path)
         return rows, d.math_path
-    source = d.sft_path or str(ensure_generated_data(config))
+    source = d.sft_path or str(ensure_generated_data(config, prompt_cfg))
     rows, _counts = load_sft_rows(source)
     wanted = [r for r in rows if (r.category in d.math_categories) == math]
     return wanted, f"{source} ({'only' if math else 'without'} categories {d.math_categories})"
@@ -96,7 +115,7 @@ def encode_stage(config: TrainConfig, model_path: str, prompt_cfg: dict):
     from policy.multimodal import PolicyProcessor
 
     processor = PolicyProcessor.from_pretrained(model_path, max_pixels=config.model.max_pixels)
-    rows, source = stage_rows(config)
+    rows, source = stage_rows(config, prompt_cfg)
     rules = MaskRules(last_round_only=config.stage.train_rounds == "last")
     length_filter = LengthFilter(config.data.max_seq_len, config.data.overlong, processor.image_pad_id)
     examples, report = encode_rows(rows, processor, prompt_cfg.get("system"), rules, length_filter,

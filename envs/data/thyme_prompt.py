@@ -30,9 +30,10 @@ class PromptTexts:
 
 
 def load_prompt_texts(name: str = "thyme", conf_dir: str | Path = PROMPT_CONF_DIR) -> PromptTexts:
+    """conf/prompt/<name>.yaml, or `name` itself when it is a .yaml file (a composed prompt written out)."""
     from omegaconf import OmegaConf
 
-    path = Path(conf_dir) / f"{name}.yaml"
+    path = Path(name) if name.endswith(".yaml") else Path(conf_dir) / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no prompt config {path}; the policy's prompt contract lives in conf/prompt/")
     node = OmegaConf.load(path)

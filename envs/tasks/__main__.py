@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                           "the others drawn); default: drawn per task")
     gen.add_argument("--trajectories", action="store_true", help="also write expert SFT trajectories (needs the sandbox)")
     gen.add_argument("--sft-format", default="jsonl", choices=["jsonl", "parquet"], help="file format of the SFT rows")
-    gen.add_argument("--prompt", default="thyme", help="conf/prompt/<name>.yaml the SFT and RL rows are written with")
+    gen.add_argument("--prompt", default="thyme", help="conf/prompt/<name>.yaml (or a .yaml file with system and user_template) the SFT and RL rows are written with")
     gen.add_argument("--workers", type=int, default=1, help="processes for drawing, threads for sandbox episodes")
     gen.add_argument("--config", default=None, help="YAML file shaped like envs.tasks.config.TaskGenConfig")
     gen.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
